@@ -1,0 +1,132 @@
+"""Checkpoint directories: safetensors weights + the resolved config + a JSON manifest. No pickle.
+
+Layout::
+
+    DIR/config.yaml          the resolved CLIPSRConfig
+    DIR/<part>.safetensors   one file per part (generator, clip when it was randomly initialised,
+                             discriminator, ... in training checkpoints)
+    DIR/checkpoint.json      format version, parts with sha256, scale, wiring, CLIP weights source;
+                             written last, so a directory without it is incomplete
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+from safetensors import SafetensorError
+from safetensors.torch import load_file, save_file
+
+from clipsr.config import CLIPSRConfig
+from clipsr.config_loader import ConfigError, from_dict, to_yaml
+
+FORMAT_VERSION = 1
+MANIFEST = "checkpoint.json"
+CONFIG = "config.yaml"
+
+
+class CheckpointError(RuntimeError):
+    """A checkpoint directory is missing, incomplete, corrupt or of another format."""
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def save_checkpoint(
+    directory: str | Path,
+    cfg: CLIPSRConfig,
+    parts: dict[str, dict[str, torch.Tensor]],
+    meta: dict[str, Any] | None = None,
+) -> Path:
+    """Write ``parts`` (name -> state dict) as safetensors, the config, then the manifest."""
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    (directory / MANIFEST).unlink(missing_ok=True)  # incomplete until rewritten at the end
+    entries = {}
+    for name, state in parts.items():
+        path = directory / f"{name}.safetensors"
+        tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
+        save_file(tensors, str(path))
+        entries[name] = {"file": path.name, "sha256": _sha256(path), "tensors": len(tensors)}
+    (directory / CONFIG).write_text(to_yaml(cfg))
+    manifest = {
+        "format_version": FORMAT_VERSION,
+        "parts": entries,
+        "scale": cfg.model.scale,
+        "wiring": cfg.model.generator.wiring,
+        **(meta or {}),
+    }
+    tmp = directory / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(manifest, indent=2, sort_keys=True))
+    os.replace(tmp, directory / MANIFEST)
+    return directory
+
+
+def read_manifest(directory: str | Path) -> dict[str, Any]:
+    directory = Path(directory)
+    if not directory.is_dir():
+        raise CheckpointError(f"checkpoint directory not found: {directory}")
+    path = directory / MANIFEST
+    if not path.is_file():
+        raise CheckpointError(
+            f"{directory} is not a complete clipsr checkpoint: {MANIFEST} is missing "
+            "(an interrupted save, or not a checkpoint directory)"
+        )
+    try:
+        manifest = json.loads(path.read_text())
+    except json.JSONDecodeError as err:
+        raise CheckpointError(f"{path}: corrupt manifest ({err})") from None
+    version = manifest.get("format_version")
+    if version != FORMAT_VERSION:
+        raise CheckpointError(
+            f"{path}: checkpoint format {version!r}, this clipsr reads format {FORMAT_VERSION}"
+        )
+    return manifest
+
+
+def load_config_from_checkpoint(directory: str | Path) -> CLIPSRConfig:
+    import yaml
+
+    path = Path(directory) / CONFIG
+    if not path.is_file():
+        raise CheckpointError(f"{directory}: {CONFIG} is missing")
+    try:
+        return from_dict(CLIPSRConfig, yaml.safe_load(path.read_text()) or {})
+    except (ConfigError, yaml.YAMLError) as err:
+        raise CheckpointError(f"{path}: invalid config ({err})") from None
+
+
+def load_part(
+    directory: str | Path, name: str, verify: bool = True, manifest: dict | None = None
+) -> dict[str, torch.Tensor]:
+    """The state dict of one part; ``verify`` checks its sha256 against the manifest first."""
+    directory = Path(directory)
+    manifest = manifest or read_manifest(directory)
+    entry = manifest["parts"].get(name)
+    if entry is None:
+        raise CheckpointError(
+            f"{directory}: no '{name}' weights in this checkpoint "
+            f"(it has: {', '.join(sorted(manifest['parts'])) or 'nothing'})"
+        )
+    path = directory / entry["file"]
+    if not path.is_file():
+        raise CheckpointError(f"{path}: weights file missing")
+    if verify and _sha256(path) != entry["sha256"]:
+        raise CheckpointError(f"{path}: sha256 mismatch, the file is corrupt or was modified")
+    try:
+        return load_file(str(path))
+    except (SafetensorError, OSError, ValueError) as err:
+        raise CheckpointError(f"{path}: cannot read safetensors ({err})") from None
+
+
+def has_part(directory: str | Path, name: str) -> bool:
+    return name in read_manifest(directory)["parts"]

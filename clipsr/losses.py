@@ -1,0 +1,91 @@
+"""Generator losses: L1 reconstruction, VGG16 perceptual, adversarial, CLIP text-image cosine.
+
+L_G = w_rec * L1(SR, HR) + w_per * MSE(VGG(SR), VGG(HR)) + w_adv * (-C(D(SR), s))
+      - w_clip * cos(CLIP(SR), s)
+
+with the spec's weights 1 / 1 / 0.01 / 0.04 by default (``loss.weights``). The VGG16 is built
+once, frozen, from a configured weights file, and the HR branch runs without a graph.
+"""
+
+from __future__ import annotations
+
+import logging
+import warnings
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from safetensors.torch import load_file
+from torch import nn
+from torchvision.models import vgg16
+
+from clipsr.config import LossConfig
+
+log = logging.getLogger(__name__)
+
+
+def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
+    """Tensors from a .safetensors file or a torch file loaded with ``weights_only=True``."""
+    path = Path(path).expanduser()
+    if not path.is_file():
+        raise FileNotFoundError(f"weights file not found: {path}")
+    if path.suffix == ".safetensors":
+        return load_file(str(path))
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
+        state = state["state_dict"]
+    if not isinstance(state, dict):
+        raise ValueError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
+    return state
+
+
+class VGGPerceptualLoss(nn.Module):
+    """MSE between VGG16 features through pool5 (``features[:31]``) of SR and HR.
+
+    Inputs are the [-1, 1] images as they are (the reference feeds them without ImageNet
+    normalisation; kept so that loss magnitudes match the spec's weights).
+    """
+
+    def __init__(self, weights: str):
+        super().__init__()
+        net = vgg16(weights=None)
+        if weights == "random":
+            msg = "loss.vgg16_weights=random: the perceptual loss uses a RANDOM VGG16"
+            warnings.warn(msg, UserWarning, stacklevel=2)
+            log.warning(msg)
+        else:
+            state = load_state_dict_file(weights)
+            feats = {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
+            try:
+                net.features.load_state_dict(feats)
+            except RuntimeError as err:
+                raise ValueError(
+                    f"loss.vgg16_weights: {weights} is not a torchvision VGG16 state dict "
+                    f"(keys features.N.weight/bias expected): {err}"
+                ) from None
+        self.features = net.features[:31].eval().requires_grad_(False)
+
+    def train(self, mode: bool = True) -> VGGPerceptualLoss:
+        return super().train(False)
+
+    def forward(self, sr: torch.Tensor, hr: torch.Tensor) -> torch.Tensor:
+        with torch.no_grad():
+            target = self.features(hr)
+        return F.mse_loss(self.features(sr), target)
+
+
+def build_perceptual_loss(cfg: LossConfig) -> VGGPerceptualLoss | None:
+    """The configured perceptual loss, or None (``loss.perceptual=none`` or weight 0)."""
+    if cfg.perceptual == "none" or cfg.weights.perceptual == 0:
+        return None
+    if not cfg.vgg16_weights:
+        raise ValueError(
+            "loss.vgg16_weights: loss.perceptual is vgg16 but no weights file is set; point it "
+            "at a torchvision VGG16 state dict (.pth/.safetensors) or set loss.perceptual=none"
+        )
+    return VGGPerceptualLoss(cfg.vgg16_weights)
+
+
+def clip_text_similarity(image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:
+    """Mean cosine similarity between CLIP image and sentence embeddings."""
+    return F.cosine_similarity(image_emb.float(), text_emb.float(), dim=-1).mean()

@@ -1,0 +1,38 @@
+"""The ``clipsr`` console script: ``clipsr <command> ...`` runs ``jobs.<command>.main``.
+
+Commands import lazily, so ``clipsr --help`` stays fast and each command pulls in only what it
+needs.
+"""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+COMMANDS = {
+    "upscale": ("jobs.upscale", "upscale LR images with a trained checkpoint, guided by prompts"),
+}
+
+
+def usage() -> str:
+    lines = ["usage: clipsr <command> [args...]", "", "commands:"]
+    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += ["", "Run 'clipsr <command> --help' for a command's options."]
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] in ("-h", "--help"):
+        print(usage())
+        return 0 if argv else 2
+    command, rest = argv[0], argv[1:]
+    if command not in COMMANDS:
+        print(f"clipsr: unknown command '{command}'\n\n{usage()}", file=sys.stderr)
+        return 2
+    module = importlib.import_module(COMMANDS[command][0])
+    return module.main(rest)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,79 @@
+import pytest
+import torch
+
+from clipsr.training import build_generator
+from tests.conftest import tiny_config
+
+
+@pytest.mark.parametrize("wiring", ["paper", "release"])
+@pytest.mark.parametrize("scale", [4, 8, 16])
+def test_output_shape_for_every_scale_and_wiring(tiny_clip, scale, wiring):
+    cfg = tiny_config(scale, f"model.generator.wiring={wiring}")
+    gen = build_generator(cfg, tiny_clip)
+    lr_size = cfg.model.lr_size
+    text = tiny_clip.encode_text(["a cat", "a dog"])
+    out = gen(torch.rand(2, 3, lr_size, lr_size) * 2 - 1, text, tiny_clip)
+    assert out.shape == (2, 3, cfg.model.hr_size, cfg.model.hr_size)
+    assert torch.isfinite(out).all()
+
+
+def test_base_sizes_native_4x_8x_16x(tiny_clip):
+    """LR 64, 32, 16 -> 256 with the base presets' structure (narrow channels to stay fast)."""
+    for scale, pre in ((4, 1), (8, 2), (16, 4)):
+        cfg = tiny_config(
+            scale,
+            "model.hr_size=256",
+            f"model.generator.lr_pre_upsample={pre}",
+        )
+        gen = build_generator(cfg, tiny_clip)
+        out = gen(torch.zeros(1, 3, 256 // scale, 256 // scale), torch.zeros(1, 64), tiny_clip)
+        assert out.shape == (1, 3, 256, 256)
+
+
+def test_any_lr_size_multiple_of_8_and_non_square(tiny_clip):
+    gen = build_generator(tiny_config(4), tiny_clip)
+    text = torch.randn(1, tiny_clip.embed_dim)
+    assert gen(torch.zeros(1, 3, 24, 40), text, tiny_clip).shape == (1, 3, 96, 160)
+    assert gen(torch.zeros(1, 3, 72, 72), text, tiny_clip).shape == (1, 3, 288, 288)
+    with pytest.raises(ValueError, match="LR size 30x32 does not fit this 4x model"):
+        gen(torch.zeros(1, 3, 30, 32), text, tiny_clip)
+
+
+def test_wirings_share_state_dict_keys(tiny_clip):
+    paper = build_generator(tiny_config(4), tiny_clip)
+    release = build_generator(tiny_config(4, "model.generator.wiring=release"), tiny_clip)
+    assert paper.state_dict().keys() == release.state_dict().keys()
+    release.load_state_dict(paper.state_dict())  # the same weights load into either wiring
+
+
+def test_release_wiring_bypasses_the_clip_branch(tiny_clip):
+    gen = build_generator(tiny_config(4, "model.generator.wiring=release"), tiny_clip)
+    lr = torch.rand(2, 3, 32, 32)
+    text = tiny_clip.encode_text(["a", "b"])
+    out = gen(lr, text, None)  # no CLIP needed
+    out.square().mean().backward()
+    assert all(p.grad is None for p in gen.clip_fusion.parameters())
+    assert gen.image_encoder.conv1.weight.grad is not None
+
+
+def test_paper_wiring_uses_the_clip_branch_and_the_caption(tiny_clip):
+    gen = build_generator(tiny_config(4), tiny_clip)
+    lr = torch.rand(1, 3, 32, 32) * 2 - 1
+    a = gen(lr, tiny_clip.encode_text(["a small red bird"]), tiny_clip)
+    b = gen(lr, tiny_clip.encode_text(["a large blue truck"]), tiny_clip)
+    assert (a - b).abs().max() > 1e-6
+    with pytest.raises(ValueError, match="needs the CLIP backbone"):
+        gen(lr, torch.zeros(1, 64), None)
+
+
+def test_two_captions_give_different_outputs_in_release_wiring_once_trained(tiny_clip):
+    """Release: text acts only through the affines, identity at init -> differs once moved."""
+    gen = build_generator(tiny_config(4, "model.generator.wiring=release"), tiny_clip)
+    lr = torch.rand(1, 3, 32, 32) * 2 - 1
+    texts = tiny_clip.encode_text(["a small red bird", "a large blue truck"])
+    assert torch.equal(gen(lr, texts[:1]), gen(lr, texts[1:]))  # identity init
+    with torch.no_grad():
+        for name, p in gen.named_parameters():
+            if "affine" in name:
+                p.add_(0.01 * torch.randn_like(p))
+    assert (gen(lr, texts[:1]) - gen(lr, texts[1:])).abs().max() > 1e-6

@@ -1,0 +1,40 @@
+"""Shared fixtures. Runtime settings go first: offline hubs, Ray on loopback."""
+
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+
+import warnings  # noqa: E402
+
+import pytest  # noqa: E402
+import torch  # noqa: E402
+
+from clipsr.config import CLIPSRConfig, load_clipsr_config  # noqa: E402
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs")
+
+
+def tiny_config(scale: int = 4, *overrides: str) -> CLIPSRConfig:
+    """The shipped tiny preset for ``scale`` with overrides."""
+    return load_clipsr_config(os.path.join(CONFIGS, f"tiny-x{scale}.yaml"), list(overrides))
+
+
+@pytest.fixture(scope="session")
+def tiny_clip():
+    """One random-init tiny CLIP for the session (its warning is expected here)."""
+    from clipsr.clip_backbone import ClipBackbone, RandomClipWeightsWarning
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", RandomClipWeightsWarning)
+        return ClipBackbone(tiny_config().model.clip)
+
+
+@pytest.fixture(autouse=True)
+def _deterministic():
+    torch.manual_seed(0)
+    yield
