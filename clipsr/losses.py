@@ -11,32 +11,14 @@ from __future__ import annotations
 
 import logging
 import warnings
-from pathlib import Path
-
 import torch
 import torch.nn.functional as F
-from safetensors.torch import load_file
 from torch import nn
-from torchvision.models import vgg16
 
 from clipsr.config import LossConfig
+from clipsr.vgg import vgg16_features
 
 log = logging.getLogger(__name__)
-
-
-def load_state_dict_file(path: str | Path) -> dict[str, torch.Tensor]:
-    """Tensors from a .safetensors file or a torch file loaded with ``weights_only=True``."""
-    path = Path(path).expanduser()
-    if not path.is_file():
-        raise FileNotFoundError(f"weights file not found: {path}")
-    if path.suffix == ".safetensors":
-        return load_file(str(path))
-    state = torch.load(path, map_location="cpu", weights_only=True)
-    if isinstance(state, dict) and "state_dict" in state and isinstance(state["state_dict"], dict):
-        state = state["state_dict"]
-    if not isinstance(state, dict):
-        raise ValueError(f"{path}: expected a state dict of tensors, got {type(state).__name__}")
-    return state
 
 
 class VGGPerceptualLoss(nn.Module):
@@ -48,22 +30,12 @@ class VGGPerceptualLoss(nn.Module):
 
     def __init__(self, weights: str):
         super().__init__()
-        net = vgg16(weights=None)
         if weights == "random":
             msg = "loss.vgg16_weights=random: the perceptual loss uses a RANDOM VGG16"
             warnings.warn(msg, UserWarning, stacklevel=2)
             log.warning(msg)
-        else:
-            state = load_state_dict_file(weights)
-            feats = {k[len("features.") :]: v for k, v in state.items() if k.startswith("features.")}
-            try:
-                net.features.load_state_dict(feats)
-            except RuntimeError as err:
-                raise ValueError(
-                    f"loss.vgg16_weights: {weights} is not a torchvision VGG16 state dict "
-                    f"(keys features.N.weight/bias expected): {err}"
-                ) from None
-        self.features = net.features[:31].eval().requires_grad_(False)
+        features = vgg16_features(None if weights == "random" else weights, "loss.vgg16_weights")
+        self.features = features[:31].eval().requires_grad_(False)
 
     def train(self, mode: bool = True) -> VGGPerceptualLoss:
         return super().train(False)

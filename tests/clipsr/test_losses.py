@@ -31,7 +31,7 @@ def test_perceptual_choice_is_explicit(tmp_path):
     with pytest.raises(FileNotFoundError, match="missing.pth"):
         build_perceptual_loss(LossConfig(vgg16_weights=str(tmp_path / "missing.pth")))
     torch.save({"features.0.weight": torch.zeros(3)}, tmp_path / "wrong.pth")
-    with pytest.raises(ValueError, match="not a torchvision VGG16 state dict"):
+    with pytest.raises(ValueError, match="is not a torchvision VGG16 state dict"):
         build_perceptual_loss(LossConfig(vgg16_weights=str(tmp_path / "wrong.pth")))
 
 
