@@ -73,8 +73,10 @@ def _create_open_clip(cfg: ClipConfig) -> tuple[nn.Module, str]:
             **kwargs,
         )
     except Exception as err:  # open_clip raises RuntimeError/ValueError/OSError variously
-        key = "model.clip.arch" if schema else (
-            "model.clip.checkpoint" if cfg.checkpoint else "model.clip.pretrained"
+        key = (
+            "model.clip.arch"
+            if schema
+            else ("model.clip.checkpoint" if cfg.checkpoint else "model.clip.pretrained")
         )
         raise ClipWeightsError(
             f"{key}: cannot load CLIP weights '{source}' for '{cfg.arch}': {err}. "
@@ -111,9 +113,11 @@ class ClipBackbone(nn.Module):
         self.num_layers = len(visual.transformer.resblocks)
         self.grid_size = tuple(visual.grid_size)
         self.image_size = tuple(visual.image_size)
-        self.embed_dim = int(model.text_projection.shape[1]) if hasattr(
-            model, "text_projection"
-        ) and model.text_projection is not None else int(visual.output_dim)
+        self.embed_dim = (
+            int(model.text_projection.shape[1])
+            if hasattr(model, "text_projection") and model.text_projection is not None
+            else int(visual.output_dim)
+        )
         if max(cfg.image_taps) >= self.num_layers:
             raise ClipWeightsError(
                 f"model.clip.image_taps: {cfg.image_taps} reaches past the {self.num_layers} "

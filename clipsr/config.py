@@ -68,6 +68,9 @@ class GeneratorConfig:
     # LR is nearest-upsampled by this factor before the encoder (the reference runs 8x/16x
     # by upsampling LR to 64 px: 2 and 4); the head then upsamples by scale / lr_pre_upsample.
     lr_pre_upsample: int = 1
+    # Add an interpolated LR to the head's output (the head learns a residual, zero at init).
+    # Not in the reference (none); it makes small CPU models beat bicubic within minutes.
+    lr_residual: Literal["none", "bilinear", "bicubic"] = "none"
 
 
 @dataclass

@@ -15,21 +15,36 @@ The resize is separable: one dense ``(out, in)`` weight matrix per axis (mirror 
 folded in), applied with matrix multiplications, so the numpy and torch versions share the
 same weights and the torch version runs on GPU and inside data loaders.
 
-The Real-ESRGAN-style second-order degradation pipeline (blur, noise, JPEG, resize, twice)
-will live here too; it is a later issue and is deliberately not implemented yet.
+:func:`make_lr` is the one LR generator used by preprocessing, training and evaluation:
+``bicubic`` (the MATLAB resize above) or ``realesrgan`` (the seedable second-order pipeline in
+:mod:`clipsr.realesrgan`, imported lazily together with albumentations). Seeds per sample come
+from :func:`derive_seed`, so an LR never depends on worker, order or process.
 """
 
 from __future__ import annotations
 
+import hashlib
+import json
 import math
 import numbers
 import operator
+from dataclasses import dataclass, field
 from functools import lru_cache
+from typing import Any, Literal
 
 import numpy as np
 import torch
 
-__all__ = ["imresize", "imresize_torch", "resize_weights"]
+__all__ = [
+    "KERNEL_TYPES",
+    "DegradationConfig",
+    "RealESRGANConfig",
+    "derive_seed",
+    "imresize",
+    "imresize_torch",
+    "make_lr",
+    "resize_weights",
+]
 
 _KERNEL_WIDTH = 4.0
 
@@ -173,3 +188,123 @@ def imresize_torch(
     w_h_t = torch.from_numpy(np.array(w_h)).to(device=x.device, dtype=x.dtype)
     w_w_t = torch.from_numpy(np.array(w_w)).to(device=x.device, dtype=x.dtype)
     return torch.matmul(torch.matmul(w_h_t, x), w_w_t.T)
+
+
+# ------------------------------------------------------------------ LR generation
+
+
+KERNEL_TYPES = (
+    "iso",
+    "aniso",
+    "generalized_iso",
+    "generalized_aniso",
+    "plateau_iso",
+    "plateau_aniso",
+)
+
+
+def _pair(name: str, value: list[float]) -> None:
+    if len(value) != 2 or not value[0] <= value[1]:
+        raise ValueError(f"{name} must be a [low, high] pair with low <= high, got {value!r}")
+
+
+@dataclass
+class RealESRGANConfig:
+    """Real-ESRGAN second-order degradation settings; defaults = ``train_realesrgan_x4plus``.
+
+    Fields without a ``2`` are the first stage, with a ``2`` the second stage. Kernel sizes are
+    the odd numbers in ``kernel_size_range``. Ranges are ``[low, high]``.
+    """
+
+    kernel_size_range: list[int] = field(default_factory=lambda: [7, 21])
+    kernel_list: list[str] = field(default_factory=lambda: list(KERNEL_TYPES))
+    kernel_prob: list[float] = field(default_factory=lambda: [0.45, 0.25, 0.12, 0.03, 0.12, 0.03])
+    sinc_prob: float = 0.1
+    blur_sigma: list[float] = field(default_factory=lambda: [0.2, 3.0])
+    betag_range: list[float] = field(default_factory=lambda: [0.5, 4.0])
+    betap_range: list[float] = field(default_factory=lambda: [1.0, 2.0])
+    resize_prob: list[float] = field(default_factory=lambda: [0.2, 0.7, 0.1])  # up, down, keep
+    resize_range: list[float] = field(default_factory=lambda: [0.15, 1.5])
+    gaussian_noise_prob: float = 0.5
+    noise_range: list[float] = field(default_factory=lambda: [1.0, 30.0])
+    poisson_scale_range: list[float] = field(default_factory=lambda: [0.05, 3.0])
+    gray_noise_prob: float = 0.4
+    jpeg_range: list[int] = field(default_factory=lambda: [30, 95])
+
+    second_blur_prob: float = 0.8
+    kernel_prob2: list[float] = field(default_factory=lambda: [0.45, 0.25, 0.12, 0.03, 0.12, 0.03])
+    sinc_prob2: float = 0.1
+    blur_sigma2: list[float] = field(default_factory=lambda: [0.2, 1.5])
+    betag_range2: list[float] = field(default_factory=lambda: [0.5, 4.0])
+    betap_range2: list[float] = field(default_factory=lambda: [1.0, 2.0])
+    resize_prob2: list[float] = field(default_factory=lambda: [0.3, 0.4, 0.3])
+    resize_range2: list[float] = field(default_factory=lambda: [0.3, 1.2])
+    gaussian_noise_prob2: float = 0.5
+    noise_range2: list[float] = field(default_factory=lambda: [1.0, 25.0])
+    poisson_scale_range2: list[float] = field(default_factory=lambda: [0.05, 2.5])
+    gray_noise_prob2: float = 0.4
+    jpeg_range2: list[int] = field(default_factory=lambda: [30, 95])
+    final_sinc_prob: float = 0.8
+
+    def __post_init__(self) -> None:
+        lo, hi = self.kernel_size_range
+        if lo % 2 != 1 or hi % 2 != 1 or not 1 <= lo <= hi:
+            raise ValueError(f"kernel_size_range must be odd [low, high], got {[lo, hi]}")
+        for kind in self.kernel_list:
+            if kind not in KERNEL_TYPES:
+                raise ValueError(f"unknown kernel type {kind!r} in kernel_list")
+        for name in ("kernel_prob", "kernel_prob2", "resize_prob", "resize_prob2"):
+            probs = getattr(self, name)
+            want = len(self.kernel_list) if name.startswith("kernel") else 3
+            if len(probs) != want or min(probs) < 0 or sum(probs) <= 0:
+                raise ValueError(f"{name} must be {want} non-negative weights, got {probs!r}")
+        ranges = ("blur_sigma", "betag_range", "betap_range", "resize_range", "noise_range")
+        for name in (*ranges, "poisson_scale_range", "jpeg_range"):
+            _pair(name, getattr(self, name))
+            _pair(f"{name}2", getattr(self, f"{name}2"))
+        for jpeg in (self.jpeg_range, self.jpeg_range2):
+            if not 1 <= jpeg[0] <= jpeg[1] <= 100:
+                raise ValueError(f"JPEG quality range must lie in [1, 100], got {jpeg!r}")
+
+
+@dataclass
+class DegradationConfig:
+    """Which LR generator :func:`make_lr` runs, and its settings."""
+
+    kind: Literal["bicubic", "realesrgan"] = "bicubic"
+    realesrgan: RealESRGANConfig = field(default_factory=RealESRGANConfig)
+
+
+def derive_seed(global_seed: int, key: str, scale: int) -> int:
+    """Stable 63-bit per-sample seed: sha256 of ``[global_seed, key, scale]`` (process-proof)."""
+    payload = json.dumps([int(global_seed), str(key), int(scale)], separators=(",", ":"))
+    digest = hashlib.sha256(payload.encode("utf-8")).digest()
+    return int.from_bytes(digest[:8], "big") >> 1
+
+
+def make_lr(
+    hr: np.ndarray, scale: int, cfg: DegradationConfig, seed: int
+) -> tuple[np.ndarray, dict[str, Any]]:
+    """Synthesise the uint8 LR (H/scale, W/scale, 3) of an HxWx3 uint8 RGB ``hr``.
+
+    Returns the LR and a JSON-serialisable record of every parameter used. Deterministic in
+    ``(hr, scale, cfg, seed)``: all randomness comes from one ``PCG64(seed)`` generator.
+    """
+    hr = np.asarray(hr)
+    if hr.dtype != np.uint8 or hr.ndim != 3 or hr.shape[2] != 3:
+        raise ValueError(f"hr must be an HxWx3 uint8 array, got {hr.dtype} {hr.shape}")
+    if isinstance(scale, bool) or not isinstance(scale, numbers.Integral) or scale < 1:
+        raise ValueError(f"scale must be a positive int, got {scale!r}")
+    scale = int(scale)
+    if hr.shape[0] % scale or hr.shape[1] % scale:
+        raise ValueError(f"HR size {hr.shape[:2]} is not divisible by scale {scale}")
+    record: dict[str, Any] = {"kind": cfg.kind, "seed": int(seed), "scale": scale}
+    if cfg.kind == "bicubic":
+        return imresize(hr, 1.0 / scale), record
+    if cfg.kind == "realesrgan":
+        from clipsr import realesrgan
+
+        rng = np.random.Generator(np.random.PCG64(int(seed)))
+        lr, plan = realesrgan.degrade(hr, scale, cfg.realesrgan, rng)
+        return lr, {**record, **plan}
+    raise ValueError(f"unknown degradation kind {cfg.kind!r}")

@@ -1,9 +1,9 @@
 """GALIP's CLIP-based discriminator with its text-conditioned head, and its losses.
 
 The discriminator reads the frozen CLIP's patch-token maps after ``model.clip.image_taps``
-(stacked (B, T, width, g, g)); each block after the first mixes in the next CLIP map with a learnable
-scalar that starts at zero. The text head tiles the sentence embedding over the map and decides
-real/fake *for that caption* (matching-aware).
+(stacked (B, T, width, g, g)); each block after the first mixes in the next CLIP map with a
+learnable scalar that starts at zero. The text head tiles the sentence embedding over the map
+and decides real/fake *for that caption* (matching-aware).
 """
 
 from __future__ import annotations
@@ -54,7 +54,7 @@ class TextConditionedHead(nn.Module):
 
 
 class CLIPDiscriminator(nn.Module):
-    """D (blocks over CLIP maps) and the text head C in one module, so one DDP wrapper serves both."""
+    """D (blocks over CLIP maps) and the text head C in one module: one DDP wrapper for both."""
 
     def __init__(self, cfg: ModelConfig, vit_width: int, text_dim: int, grid_size: tuple[int, int]):
         super().__init__()

@@ -7,6 +7,7 @@ Data flow (paper Fig. 2a, ``wiring='paper'``)::
     ClipFusionPath: TIFBlock(F_I, F_T) -> frozen CLIP-ViT (+ prompts) -> F_U
     IterativeRefinement: 4 x [resize, TIFBlock, TIFBlock] on F_U, + R4, R3, R2, R1 skips -> F_U'
     ReconstructionHead: F_U' (+ a global LR skip) -> pixel-shuffle x (scale / pre-upsample) -> SR
+    (optionally + the interpolated LR, ``lr_residual``; not in the reference)
 
 ``wiring='release'`` reproduces the reference code, whose first refinement stage reads R4 instead
 of F_U, so the CLIP branch has no effect (it is skipped; its weights keep the same keys).
@@ -70,9 +71,7 @@ def _grid_conv(in_ch: int, out_ch: int, size: int, grid: tuple[int, int]) -> nn.
 class ClipFusionPath(nn.Module):
     """TIFBlock(F_I, F_T) -> CLIP-ViT with predicted prompts -> F_U (at F_I's size)."""
 
-    def __init__(
-        self, cfg: ModelConfig, text_dim: int, vit_width: int, grid_size: tuple[int, int]
-    ):
+    def __init__(self, cfg: ModelConfig, text_dim: int, vit_width: int, grid_size: tuple[int, int]):
         super().__init__()
         g = cfg.generator
         c4 = g.encoder_channels[3]
@@ -164,9 +163,7 @@ class ReconstructionHead(nn.Module):
 class CLIPSRGenerator(nn.Module):
     """G(LR, F_T) -> SR for one scale. Images are in [-1, 1]; the output is not clamped."""
 
-    def __init__(
-        self, cfg: ModelConfig, text_dim: int, vit_width: int, grid_size: tuple[int, int]
-    ):
+    def __init__(self, cfg: ModelConfig, text_dim: int, vit_width: int, grid_size: tuple[int, int]):
         super().__init__()
         g = cfg.generator
         self.scale = cfg.scale
@@ -178,6 +175,10 @@ class CLIPSRGenerator(nn.Module):
         self.head = ReconstructionHead(
             g.encoder_channels[0], g.head_channels, cfg.scale // g.lr_pre_upsample
         )
+        self.lr_residual = g.lr_residual
+        if self.lr_residual != "none":  # start from the interpolated LR exactly
+            nn.init.zeros_(self.head.to_rgb.weight)
+            nn.init.zeros_(self.head.to_rgb.bias)
 
     def check_input(self, lr: torch.Tensor) -> None:
         if lr.ndim != 4 or lr.shape[1] != 3:
@@ -205,4 +206,9 @@ class CLIPSRGenerator(nn.Module):
         else:  # release: the reference's GBlock(R4, c); the CLIP branch has no effect
             start = r4
         body = self.refinement(start, [r4, r3, r2, r1], text)
-        return self.head(body, x)
+        out = self.head(body, x)
+        if self.lr_residual != "none":
+            out = out + F.interpolate(
+                lr, size=out.shape[-2:], mode=self.lr_residual, align_corners=False
+            )
+        return out

@@ -76,9 +76,11 @@ class SuperResolver:
         directory = Path(directory)
         manifest = read_manifest(directory)
         cfg = load_config_from_checkpoint(directory)
-        clip_state = load_part(directory, "clip", manifest=manifest) if (
-            "clip" in manifest["parts"]
-        ) else None
+        clip_state = (
+            load_part(directory, "clip", manifest=manifest)
+            if ("clip" in manifest["parts"])
+            else None
+        )
         clip = ClipBackbone(cfg.model.clip, state_dict=clip_state)
         generator = CLIPSRGenerator(cfg.model, clip.embed_dim, clip.width, clip.grid_size)
         state = load_part(directory, "generator", manifest=manifest)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+
 import torch
 import torch.nn.functional as F
 from torch import nn

@@ -192,9 +192,7 @@ def train_step(
     text = text.detach()
     fake = models.generator(lr, text, models.clip)
 
-    d_loss, d_parts = discriminator_loss(
-        models.clip, models.discriminator, hr, fake, text, weights
-    )
+    d_loss, d_parts = discriminator_loss(models.clip, models.discriminator, hr, fake, text, weights)
     optimizers.discriminator.zero_grad(set_to_none=True)
     d_loss.backward()
     optimizers.discriminator.step()

@@ -9,12 +9,12 @@ os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
-import warnings  # noqa: E402
+import warnings
 
-import pytest  # noqa: E402
-import torch  # noqa: E402
+import pytest
+import torch
 
-from clipsr.config import CLIPSRConfig, load_clipsr_config  # noqa: E402
+from clipsr.config import CLIPSRConfig, load_clipsr_config
 
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs")
 

@@ -107,7 +107,9 @@ def test_ma_gp_under_two_process_gloo_ddp(tmp_path):
     total = 0
     for r in range(2):
         part = slice(2 * r, 2 * r + 2)
-        loss, parts = discriminator_loss(clip, disc, hr[part], fake[part], text[part], cfg.loss.weights)
+        loss, parts = discriminator_loss(
+            clip, disc, hr[part], fake[part], text[part], cfg.loss.weights
+        )
         assert parts["d_gradient_penalty"].item() > 0
         total = total + loss / 2
     total.backward()

@@ -1,0 +1,1 @@
+"""Ray Data pipelines around the clipsr library: corpus sources, storage, preprocessing."""
