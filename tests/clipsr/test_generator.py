@@ -57,7 +57,7 @@ def test_release_wiring_bypasses_the_clip_branch(tiny_clip):
 
 
 def test_paper_wiring_uses_the_clip_branch_and_the_caption(tiny_clip):
-    gen = build_generator(tiny_config(4), tiny_clip)
+    gen = build_generator(tiny_config(4, "model.generator.lr_residual=none"), tiny_clip)
     lr = torch.rand(1, 3, 32, 32) * 2 - 1
     a = gen(lr, tiny_clip.encode_text(["a small red bird"]), tiny_clip)
     b = gen(lr, tiny_clip.encode_text(["a large blue truck"]), tiny_clip)
@@ -74,6 +74,16 @@ def test_two_captions_give_different_outputs_in_release_wiring_once_trained(tiny
     assert torch.equal(gen(lr, texts[:1]), gen(lr, texts[1:]))  # identity init
     with torch.no_grad():
         for name, p in gen.named_parameters():
-            if "affine" in name:
+            if "affine" in name or "to_rgb" in name:
                 p.add_(0.01 * torch.randn_like(p))
     assert (gen(lr, texts[:1]) - gen(lr, texts[1:])).abs().max() > 1e-6
+
+
+def test_lr_residual_starts_at_the_interpolated_lr(tiny_clip):
+    gen = build_generator(tiny_config(4), tiny_clip)  # tiny presets: lr_residual=bicubic
+    lr = torch.rand(2, 3, 32, 32) * 2 - 1
+    out = gen(lr, torch.randn(2, tiny_clip.embed_dim), tiny_clip)
+    expected = torch.nn.functional.interpolate(lr, size=(128, 128), mode="bicubic")
+    assert torch.allclose(out, expected, atol=1e-6)
+    plain = build_generator(tiny_config(4, "model.generator.lr_residual=none"), tiny_clip)
+    assert not torch.allclose(plain(lr, torch.randn(2, 64), tiny_clip), expected, atol=1e-2)

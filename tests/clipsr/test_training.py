@@ -52,7 +52,7 @@ def test_paper_wiring_every_trainable_parameter_gets_a_gradient(tiny_clip):
     Zero-initialised pieces (identity affines, D's gamma/beta) pass no gradient to what sits
     behind them on the very first step, so the check is made on the second step's gradients.
     """
-    cfg = _full_losses_cfg()
+    cfg = _full_losses_cfg("model.generator.lr_residual=none")  # as the paper (base presets)
     with pytest.warns(UserWarning):
         models = build_models(cfg, clip=tiny_clip)
     opts = build_optimizers(models, cfg.optim)
