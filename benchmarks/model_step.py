@@ -147,7 +147,8 @@ def main() -> None:
                 )
 
     print(
-        "\n| preset | scale | train step (s) | ref-style step, same run (s) | ratio | "
+        "\n| preset | scale | train step, all losses (s) | step, preset's losses (s) | "
+        "ref-style step, same run (s) | ratio | "
         f"vs issue's {REFERENCE_STEP_S:.0f} s | inference batch 1 (ms) |"
     )
     print("|---|---|---|---|---|---|---|---|")

@@ -10,6 +10,7 @@ import importlib
 import sys
 
 COMMANDS = {
+    "preprocess": ("jobs.preprocess", "shard a captioned corpus into WebDataset shards (Ray Data)"),
     "upscale": ("jobs.upscale", "upscale LR images with a trained checkpoint, guided by prompts"),
 }
 

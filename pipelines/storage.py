@@ -10,6 +10,7 @@ cheap. Missing files and keys raise ``FileNotFoundError`` naming the URI; a miss
 from __future__ import annotations
 
 import os
+import shutil
 import tempfile
 import threading
 from dataclasses import dataclass
@@ -249,6 +250,27 @@ def write_bytes(uri: str, data: bytes, opts: StorageOptions | None = None) -> No
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
+        os.replace(tmp, uri)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.remove(tmp)
+        raise
+
+
+def upload_file(local_path: str, uri: str, opts: StorageOptions | None = None) -> None:
+    """Move/copy a finished local file to ``uri``: local destinations get it atomically
+    (``os.replace`` after a copy into the destination directory); S3 gets a (multipart)
+    upload."""
+    if is_s3(uri):
+        bucket, key = split_s3(uri)
+        _client(opts).upload_file(local_path, bucket, key)
+        return
+    directory = os.path.dirname(os.path.abspath(uri))
+    os.makedirs(directory, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=directory, prefix=f".{os.path.basename(uri)}.", suffix=".tmp")
+    os.close(fd)
+    try:
+        shutil.copyfile(local_path, tmp)
         os.replace(tmp, uri)
     except BaseException:
         if os.path.exists(tmp):
