@@ -30,10 +30,12 @@ import numbers
 import operator
 from dataclasses import dataclass, field
 from functools import lru_cache
-from typing import Any, Literal
+from typing import TYPE_CHECKING, Any, Literal
 
 import numpy as np
-import torch
+
+if TYPE_CHECKING:
+    import torch
 
 __all__ = [
     "KERNEL_TYPES",
@@ -178,6 +180,8 @@ def imresize_torch(
     Uses the same weight matrices (cast to the tensor's dtype and device), so it works on
     GPU and is differentiable. The output keeps the input dtype and device.
     """
+    import torch  # lazily: the preprocessing workers never need it
+
     if not isinstance(x, torch.Tensor):
         raise TypeError(f"expected a torch.Tensor, got {type(x).__name__}")
     if x.ndim not in (3, 4):

@@ -181,7 +181,11 @@ def test_ray_read_webdataset_sees_every_sample(first_run, ray_local):
     ds = ray_local.data.read_webdataset(str(out), file_extensions=["tar"])
     rows = ds.take_all()
     assert len(rows) == summary.written
-    assert all("lr_x16.png" in r or "lr_x16" in str(r.keys()) for r in rows)
+    assert len({r["__key__"] for r in rows}) == summary.written
+    for r in rows:
+        assert r["hr.png"].shape == (64, 64, 3)
+        assert r["lr_x16.png"].shape == (4, 4, 3)
+        assert r["txt"] == r["captions.json"][0] and r["json"]["key"] == r["__key__"]
 
 
 def test_same_bytes_for_any_worker_count_and_rerun_skips(first_run, corpus, tmp_path):
