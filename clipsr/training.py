@@ -15,6 +15,7 @@ works with either plain or wrapped modules.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -177,6 +178,45 @@ def generator_loss(
     return loss, parts
 
 
+@dataclass
+class Precision:
+    """Mixed precision for a step: autocast dtype (None = fp32) and the two GradScalers (fp16).
+
+    G, CLIP and the perceptual net run under autocast; D+C and MA-GP stay in fp32 (a gradient
+    penalty in fp16 underflows).
+    """
+
+    device_type: str = "cpu"
+    dtype: torch.dtype | None = None
+    generator_scaler: torch.amp.GradScaler | None = None
+    discriminator_scaler: torch.amp.GradScaler | None = None
+
+    @classmethod
+    def create(cls, name: str, device: torch.device) -> Precision:
+        dtype = {"fp32": None, "bf16": torch.bfloat16, "fp16": torch.float16}[name]
+        fp16 = dtype is torch.float16
+        scaler = (lambda: torch.amp.GradScaler(device.type, growth_interval=2000)) if fp16 else None
+        return cls(device.type, dtype, scaler() if scaler else None, scaler() if scaler else None)
+
+    def autocast(self):
+        return torch.autocast(self.device_type, dtype=self.dtype, enabled=self.dtype is not None)
+
+
+class NonFiniteLossError(FloatingPointError):
+    """A loss became NaN or infinite."""
+
+
+def _backward_step(loss, optimizer, scaler: torch.amp.GradScaler | None) -> None:
+    optimizer.zero_grad(set_to_none=True)
+    if scaler is None:
+        loss.backward()
+        optimizer.step()
+    else:
+        scaler.scale(loss).backward()
+        scaler.step(optimizer)
+        scaler.update()
+
+
 def train_step(
     models: CLIPSRModels,
     optimizers: CLIPSROptimizers,
@@ -184,27 +224,55 @@ def train_step(
     hr: torch.Tensor,
     text: torch.Tensor,
     weights: LossWeights,
+    precision: Precision | None = None,
+    all_finite: Callable[[torch.Tensor], bool] | None = None,
 ) -> dict[str, float]:
     """One D update and one G update on a batch; returns the loss terms as floats.
 
-    ``lr``/``hr`` are [-1, 1] images, ``text`` the CLIP sentence embeddings (B, D).
+    ``lr``/``hr`` are [-1, 1] images, ``text`` the CLIP sentence embeddings (B, D). Raises
+    :class:`NonFiniteLossError` (before that update) when a loss is NaN or infinite;
+    ``all_finite`` decides it (distributed: a collective over all ranks, so that every rank
+    stops at the same point instead of one waiting in an all-reduce).
     """
+    all_finite = all_finite or (lambda t: bool(torch.isfinite(t)))
+    precision = precision or Precision()
     text = text.detach()
-    fake = models.generator(lr, text, models.clip)
+    with precision.autocast():
+        fake = models.generator(lr, text, models.clip)
+    fake = fake.float()
 
     d_loss, d_parts = discriminator_loss(models.clip, models.discriminator, hr, fake, text, weights)
-    optimizers.discriminator.zero_grad(set_to_none=True)
-    d_loss.backward()
-    optimizers.discriminator.step()
+    if not all_finite(d_loss):
+        raise NonFiniteLossError(f"discriminator loss is {d_loss.item()}")
+    _backward_step(d_loss, optimizers.discriminator, precision.discriminator_scaler)
 
-    g_loss, g_parts = generator_loss(models, hr, fake, text, weights)
-    optimizers.generator.zero_grad(set_to_none=True)
-    g_loss.backward()
-    optimizers.generator.step()
+    with precision.autocast():
+        g_loss, g_parts = generator_loss(models, hr, fake, text, weights)
+    if not all_finite(g_loss):
+        raise NonFiniteLossError(f"generator loss is {g_loss.item()}")
+    _backward_step(g_loss, optimizers.generator, precision.generator_scaler)
 
     parts = {**d_parts, **g_parts}
     values = torch.stack([parts[name].detach().float() for name in LOSS_NAMES]).cpu().tolist()
     return dict(zip(LOSS_NAMES, values))
+
+
+class EMA:
+    """Exponential moving average of the generator's weights (used for validation and export)."""
+
+    def __init__(self, generator: nn.Module, decay: float):
+        import copy
+
+        self.decay = decay
+        self.model = copy.deepcopy(_unwrap(generator)).eval().requires_grad_(False)
+
+    @torch.no_grad()
+    def update(self, generator: nn.Module) -> None:
+        source = _unwrap(generator)
+        for ema, live in zip(self.model.parameters(), source.parameters()):
+            ema.lerp_(live.detach(), 1.0 - self.decay)
+        for ema, live in zip(self.model.buffers(), source.buffers()):
+            ema.copy_(live)
 
 
 def count_parameters(module: nn.Module) -> tuple[int, int]:
