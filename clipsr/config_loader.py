@@ -177,9 +177,24 @@ def from_dict(cls: type[T], data: dict[str, Any], overrides: list[str] = ()) -> 
     return obj
 
 
+def read_yaml_with_extends(path: str | Path, _seen: tuple[Path, ...] = ()) -> dict[str, Any]:
+    """A YAML mapping; a top-level ``extends: other.yaml`` (relative to this file) is loaded
+    first and this file's keys are merged over it."""
+    path = Path(path).resolve()
+    if path in _seen:
+        raise ConfigError(f"{path}: 'extends' loops back to itself")
+    data = read_yaml(path)
+    parent = data.pop("extends", None)
+    if parent is None:
+        return data
+    if not isinstance(parent, str):
+        raise ConfigError(f"{path}: extends must be a file path")
+    return _merge(read_yaml_with_extends(path.parent / parent, (*_seen, path)), data)
+
+
 def load_config(cls: type[T], path: str | Path | None, overrides: list[str] = ()) -> T:
     """Load ``cls`` from a YAML file (or only defaults when ``path`` is None) plus overrides."""
-    data = read_yaml(path) if path is not None else {}
+    data = read_yaml_with_extends(path) if path is not None else {}
     try:
         return from_dict(cls, data, overrides)
     except ConfigError as err:

@@ -11,6 +11,7 @@ import sys
 
 COMMANDS = {
     "preprocess": ("jobs.preprocess", "shard a captioned corpus into WebDataset shards (Ray Data)"),
+    "train": ("jobs.train", "train the generator and discriminator on Ray Train (MLflow)"),
     "upscale": ("jobs.upscale", "upscale LR images with a trained checkpoint, guided by prompts"),
 }
 

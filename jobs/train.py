@@ -1,0 +1,216 @@
+"""``clipsr train CONFIG [a.b=value ...]``: GAN training on Ray Train, tracked in MLflow.
+
+Also ``python -m jobs.train`` (e.g. under ``ray job submit``). Everything that can be wrong is
+checked before Ray starts: the shards (manifest, format version, the requested scale), the
+tracking server, the loss weights files. A rerun with the same ``run.name`` resumes from the
+latest checkpoint, in the same MLflow run. At the end the EMA generator is logged as an MLflow
+pyfunc model (safetensors + config, models-from-code) and registered as a new model version.
+"""
+
+from __future__ import annotations
+
+import argparse
+import functools
+import hashlib
+import json
+import logging
+import os
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # local Ray on 127.0.0.1 only
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
+
+log = logging.getLogger("clipsr.train")
+
+
+@dataclass
+class TrainResult:
+    run_id: str | None
+    checkpoint: str | None
+    metrics: dict
+    model_uri: str | None
+    model_version: str | None
+
+
+class TrainingFailed(RuntimeError):
+    """The run stopped: non-finite losses, or worker failures beyond run.max_failures."""
+
+
+def _storage(cfg):
+    """(storage_path, pyarrow filesystem or None) for Ray Train's RunConfig."""
+    path = cfg.run.storage_path
+    if not path.startswith("s3://"):
+        return str(Path(path).expanduser().resolve()), None
+    import pyarrow.fs
+
+    endpoint = (
+        cfg.data.endpoint_url
+        or os.environ.get("AWS_ENDPOINT_URL_S3")
+        or os.environ.get("AWS_ENDPOINT_URL", "")
+    )
+    kwargs = {}
+    if endpoint:
+        scheme, _, host = endpoint.partition("://")
+        kwargs = {"endpoint_override": host or endpoint, "scheme": scheme if host else "https"}
+    region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
+    if region:
+        kwargs["region"] = region
+    return path[len("s3://") :], pyarrow.fs.S3FileSystem(**kwargs)
+
+
+def check_inputs(cfg) -> tuple[dict, list[str], list[str], str]:
+    """Fail fast, before Ray: shards, scales, format version, perceptual weights."""
+    from clipsr.config_loader import ConfigError
+    from clipsr.shard_dataset import check_scales, read_dataset_manifest, shard_urls
+    from pipelines import storage
+
+    opts = storage.StorageOptions(endpoint_url=cfg.data.endpoint_url)
+    manifest = read_dataset_manifest(
+        cfg.data.shards, read_bytes=functools.partial(storage.read_bytes, opts=opts)
+    )
+    check_scales(manifest, cfg.scales)
+    if manifest.get("hr_size") != cfg.model.hr_size:
+        raise ConfigError(
+            f"data.shards: HR size {manifest.get('hr_size')} in {cfg.data.shards}, but "
+            f"model.hr_size is {cfg.model.hr_size}"
+        )
+    train = shard_urls(cfg.data.shards, cfg.data.train_split, manifest)
+    val = shard_urls(cfg.data.shards, cfg.data.val_split, manifest)
+    loss = cfg.loss
+    if loss.perceptual == "vgg16" and loss.weights.perceptual > 0:
+        if not loss.vgg16_weights:
+            raise ConfigError("loss.vgg16_weights: required with loss.perceptual=vgg16")
+        if loss.vgg16_weights != "random" and not Path(loss.vgg16_weights).is_file():
+            raise ConfigError(f"loss.vgg16_weights: file not found: {loss.vgg16_weights}")
+    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
+    return manifest, train, val, digest
+
+
+def run_train(cfg) -> TrainResult:
+    import ray
+    import ray.train
+    from ray.train.torch import TorchConfig, TorchTrainer
+
+    from clipsr.config_loader import flatten, to_dict
+    from jobs.tracking import RunTracker, check_tracking_uri, resolve_tracking_uri
+    from jobs.train_loop import train_loop_per_worker
+    from pipelines.preprocess import code_version
+
+    cfg.validate()
+    manifest, train_urls, val_urls, manifest_sha = check_inputs(cfg)
+    storage_path, filesystem = _storage(cfg)
+    run_dir = (
+        Path(storage_path) / cfg.run.name if filesystem is None else Path("runs") / cfg.run.name
+    )
+    tracking_uri, artifact_location = resolve_tracking_uri(cfg.tracking.tracking_uri, run_dir)
+    check_tracking_uri(tracking_uri)
+    config_hash = hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()
+    tags = {
+        "dataset_manifest_sha256": manifest_sha,
+        "code_version": code_version(),
+        "config_sha256": config_hash[:16],
+        "scales": ",".join(map(str, cfg.scales)),
+    }
+    tracker = RunTracker()
+    run_id = tracker.start(
+        cfg.tracking.experiment,
+        cfg.run.name,
+        flatten(cfg),
+        artifact_location,
+        tags=tags,
+        system_metrics=cfg.tracking.system_metrics,
+        tracking_uri=tracking_uri,
+    )
+    tracker.log_dict(manifest, "dataset/manifest.json")
+    tracker.log_dict(to_dict(cfg), "config/resolved_config.json")
+    if not ray.is_initialized():
+        ray.init(
+            address=cfg.run.ray_address or None,
+            log_to_driver=True,
+            runtime_env={
+                "env_vars": {"OMP_NUM_THREADS": str(max(1, int(cfg.run.cpus_per_worker)))}
+            },
+        )
+    resources = {"CPU": cfg.run.cpus_per_worker}
+    if cfg.run.use_gpu:
+        resources["GPU"] = cfg.run.gpus_per_worker
+    trainer = TorchTrainer(
+        train_loop_per_worker,
+        train_loop_config={
+            "cfg": to_dict(cfg),
+            "train_urls": train_urls,
+            "val_urls": val_urls,
+            "run_id": run_id,
+            "tracking_uri": tracking_uri,
+            "manifest_sha256": manifest_sha,
+        },
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=cfg.run.num_workers,
+            use_gpu=cfg.run.use_gpu,
+            resources_per_worker=resources,
+        ),
+        torch_config=TorchConfig(backend="nccl" if cfg.run.use_gpu else "gloo"),
+        run_config=ray.train.RunConfig(
+            name=cfg.run.name,
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.num_to_keep),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+        ),
+    )
+    try:
+        result = trainer.fit()
+    except Exception as err:
+        tracker.end("FAILED")
+        raise TrainingFailed(f"training failed: {err}") from err
+    metrics = dict(result.metrics or {})
+    checkpoint = result.checkpoint
+    where = checkpoint.path if checkpoint is not None else "none"
+    if "nonfinite_step" in metrics:
+        tracker.end("FAILED")
+        raise TrainingFailed(
+            f"non-finite loss at step {metrics['nonfinite_step']} ({metrics.get('error')}); "
+            f"the last good checkpoint is {where}"
+        )
+    model_uri = version = None
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            model_uri, version = tracker.log_generator_model(
+                directory, cfg.tracking.registered_model or None, tags
+            )
+    tracker.end("FINISHED")
+    return TrainResult(run_id, where, metrics, model_uri, version)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="clipsr train", description=__doc__.split("\n\n")[0])
+    parser.add_argument("config", help="YAML config (e.g. configs/train/tiny-x4.yaml)")
+    parser.add_argument("overrides", nargs="*", help="overrides such as run.steps=200")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from clipsr.config_loader import ConfigError
+    from jobs.tracking import TrackingUnavailable
+    from jobs.train_config import load_train_config
+
+    try:
+        cfg = load_train_config(args.config, args.overrides)
+        result = run_train(cfg)
+    except (ConfigError, ValueError, FileNotFoundError, TrackingUnavailable) as err:
+        print(f"clipsr train: {err}", file=sys.stderr)
+        return 2
+    except TrainingFailed as err:
+        print(f"clipsr train: {err}", file=sys.stderr)
+        return 1
+    shown = {k: round(v, 4) for k, v in result.metrics.items() if isinstance(v, float)}
+    print(f"\ntrain done: run {result.run_id}; checkpoint {result.checkpoint}")
+    print(f"  final metrics: {shown}")
+    if result.model_uri:
+        print(f"  model: {result.model_uri} (registered version {result.model_version})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,228 @@
+"""The Ray Train worker loop of ``clipsr train`` (runs once per worker, restarted on failure).
+
+Data split: every rank (and each of its DataLoader workers) reads its own *resampled* stream of
+shards seeded by (seed, rank, worker, segment) — see ``clipsr/shard_dataset.py``. We chose this
+over Ray Data's streaming split because the stream position is one integer (batches consumed),
+which makes resume exact and cheap, and because it can neither hang on uneven shards nor need
+shards >= ranks x workers. G and D+C are wrapped in DDP separately (``prepare_model``).
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import math
+import os
+import tempfile
+import time
+from typing import Any
+
+import torch
+import torch.distributed as dist
+
+log = logging.getLogger("clipsr.train")
+
+
+def _all_finite(t: torch.Tensor) -> bool:
+    flag = torch.isfinite(t.detach()).float().reshape(1)
+    if dist.is_available() and dist.is_initialized():
+        dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
+
+
+def _schedule(cfg, step: int) -> float:
+    run = cfg.run
+    if run.warmup_steps and step < run.warmup_steps:
+        return (step + 1) / run.warmup_steps
+    if run.lr_schedule == "cosine":
+        progress = (step - run.warmup_steps) / max(1, run.steps - run.warmup_steps)
+        return 0.5 * (1 + math.cos(math.pi * min(1.0, progress)))
+    return 1.0
+
+
+def train_loop_per_worker(config: dict[str, Any]) -> None:
+    import ray.train
+    import ray.train.torch
+    from clipsr.shard_dataset import TrainingBatchStream, iter_eval_batches
+
+    from clipsr.config_loader import from_dict
+    from clipsr.train_state import load_training_checkpoint
+    from clipsr.training import EMA, Precision, build_models, build_optimizers, train_step
+    from jobs.train_config import TrainConfig
+    from jobs.train_validation import validate
+
+    cfg = from_dict(TrainConfig, config["cfg"])
+    ctx = ray.train.get_context()
+    rank, world = ctx.get_world_rank(), ctx.get_world_size()
+    device = ray.train.torch.get_device()
+    torch.manual_seed(cfg.seed + rank)
+    models = build_models(cfg).to(device)
+    ema = EMA(models.generator, cfg.run.ema_decay)
+    models.generator = ray.train.torch.prepare_model(models.generator)
+    models.discriminator = ray.train.torch.prepare_model(models.discriminator)
+    optimizers = build_optimizers(models, cfg.optim)
+    precision = Precision.create(cfg.run.precision, device)
+    base_lrs = [cfg.optim.generator_lr, cfg.optim.discriminator_lr]
+
+    step = 0
+    checkpoint = ray.train.get_checkpoint()
+    if checkpoint is not None:
+        with checkpoint.as_directory() as directory:
+            step = load_training_checkpoint(
+                directory, models, optimizers, ema, precision, device=device
+            )
+        if rank == 0:
+            log.info("resumed from the checkpoint at step %d", step)
+
+    opener = functools.partial(_open, endpoint=cfg.data.endpoint_url)
+    stream = TrainingBatchStream(
+        config["train_urls"],
+        cfg.scales,
+        cfg.data.batch_size,
+        cfg.seed,
+        rank=rank,
+        world_size=world,
+        start_batch=step,
+        shuffle_buffer=cfg.data.shuffle_buffer,
+        hflip=cfg.data.hflip,
+        opener=opener,
+    )
+    loader = torch.utils.data.DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=cfg.data.loader_workers,
+        persistent_workers=cfg.data.loader_workers > 0,
+    )
+    tracker = _rank0_tracker(config) if rank == 0 else None
+    batches = iter(loader)
+    window_start, window_wait, window_steps = time.perf_counter(), 0.0, 0
+    while step < cfg.run.steps:
+        t0 = time.perf_counter()
+        batch = next(batches)
+        window_wait += time.perf_counter() - t0
+        for opt, base in zip((optimizers.generator, optimizers.discriminator), base_lrs):
+            for group in opt.param_groups:
+                group["lr"] = base * _schedule(cfg, step)
+        text = models.clip.encode_text(batch["captions"])
+        try:
+            losses = train_step(
+                models,
+                optimizers,
+                batch["lr"].to(device),
+                batch["hr"].to(device),
+                text,
+                cfg.loss.weights,
+                precision,
+                all_finite=_all_finite,
+            )
+        except FloatingPointError as err:
+            # every rank got here together (the check is collective): stop without retrying
+            ray.train.report({"nonfinite_step": step + 1, "error": str(err), "step": step})
+            return
+        ema.update(models.generator)
+        step += 1
+        window_steps += 1
+        metrics: dict[str, float] = {}
+        if step % cfg.run.log_every == 0 or step == cfg.run.steps:
+            elapsed = time.perf_counter() - window_start
+            per_step = elapsed / window_steps
+            metrics.update({f"loss/{k}": v for k, v in losses.items()})
+            metrics.update(
+                {
+                    "perf/steps_per_s": 1 / per_step,
+                    "perf/images_per_s": cfg.data.batch_size * world / per_step,
+                    "perf/data_wait_share": window_wait / elapsed,
+                    "lr/generator": optimizers.generator.param_groups[0]["lr"],
+                }
+            )
+            if rank == 0:
+                eta = per_step * (cfg.run.steps - step)
+                log.info(
+                    "step %d/%d  %.2f steps/s  %.1f img/s  data wait %.0f%%  G %.4f  D %.4f  "
+                    "ETA %.0f s",
+                    step,
+                    cfg.run.steps,
+                    1 / per_step,
+                    metrics["perf/images_per_s"],
+                    100 * window_wait / elapsed,
+                    losses["g_loss"],
+                    losses["d_loss"],
+                    eta,
+                )
+            window_start, window_wait, window_steps = time.perf_counter(), 0.0, 0
+        if rank == 0 and (step % cfg.run.validate_every == 0 or step == cfg.run.steps):
+            val = iter_eval_batches(
+                config["val_urls"],
+                cfg.scales[0],
+                cfg.data.batch_size,
+                limit=cfg.run.val_samples,
+                opener=opener,
+            )
+            scores, grid = validate(
+                ema.model,
+                models.clip,
+                val,
+                device,
+                cfg.metrics.crop_border,
+                cfg.metrics.test_y_channel,
+            )
+            metrics.update(scores)
+            if tracker is not None and grid is not None:
+                tracker.log_image(grid, f"samples/step_{step:07d}.png")
+            if rank == 0 and config.get("grid_dir") and grid is not None:
+                os.makedirs(config["grid_dir"], exist_ok=True)
+                grid.save(os.path.join(config["grid_dir"], f"step_{step:07d}.png"))
+        if tracker is not None and metrics:
+            tracker.log_metrics(metrics, step)
+        if step % cfg.run.checkpoint_every == 0 or step == cfg.run.steps:
+            meta = {"data_manifest_sha256": config.get("manifest_sha256", "")}
+            _report_checkpoint(cfg, models, optimizers, ema, precision, step, rank, metrics, meta)
+
+
+def _open(url: str, endpoint: str):
+    from pipelines.storage import StorageOptions, open_read
+
+    return open_read(url, StorageOptions(endpoint_url=endpoint))
+
+
+class _MetricLogger:
+    """Rank 0's MLflow logging into the driver's run, through the client API (no active run in
+    the worker process, so nothing ends the run when a worker exits or is restarted)."""
+
+    def __init__(self, tracking_uri: str, run_id: str):
+        from mlflow import MlflowClient
+
+        self.client, self.run_id = MlflowClient(tracking_uri), run_id
+
+    def log_metrics(self, metrics: dict[str, float], step: int) -> None:
+        from mlflow.entities import Metric
+
+        now = int(time.time() * 1000)
+        batch = [Metric(k.replace("/", "."), float(v), now, step) for k, v in metrics.items()]
+        self.client.log_batch(self.run_id, metrics=batch)
+
+    def log_image(self, image, name: str) -> None:
+        self.client.log_image(self.run_id, image, name)
+
+
+def _rank0_tracker(config: dict[str, Any]) -> _MetricLogger | None:
+    if not config.get("run_id"):
+        return None
+    return _MetricLogger(config["tracking_uri"], config["run_id"])
+
+
+def _report_checkpoint(cfg, models, optimizers, ema, precision, step, rank, metrics, meta):
+    import ray.train
+
+    from clipsr.train_state import save_training_checkpoint
+
+    report = {"step": step, **{k: v for k, v in metrics.items() if isinstance(v, float)}}
+    if rank != 0:
+        ray.train.report(report)
+        return
+    with tempfile.TemporaryDirectory(prefix="clipsr-ckpt-") as tmp:
+        directory = os.path.join(tmp, "checkpoint")
+        save_training_checkpoint(
+            directory, cfg, models, optimizers, ema, precision, step, meta=meta
+        )
+        ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(directory))
