@@ -11,6 +11,7 @@ Layout::
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import json
 import os
@@ -100,7 +101,11 @@ def load_config_from_checkpoint(directory: str | Path) -> CLIPSRConfig:
     if not path.is_file():
         raise CheckpointError(f"{directory}: {CONFIG} is missing")
     try:
-        return from_dict(CLIPSRConfig, yaml.safe_load(path.read_text()) or {})
+        data = yaml.safe_load(path.read_text()) or {}
+        # a training checkpoint also records its job's sections (data, run, tracking) for
+        # provenance; the model needs only the library's own
+        known = {f.name for f in dataclasses.fields(CLIPSRConfig)}
+        return from_dict(CLIPSRConfig, {k: v for k, v in data.items() if k in known})
     except (ConfigError, yaml.YAMLError) as err:
         raise CheckpointError(f"{path}: invalid config ({err})") from None
 

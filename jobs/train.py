@@ -95,7 +95,12 @@ def run_train(cfg) -> TrainResult:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from clipsr.config_loader import flatten, to_dict
-    from jobs.tracking import RunTracker, check_tracking_uri, resolve_tracking_uri
+    from jobs.tracking import (
+        RunTracker,
+        check_tracking_uri,
+        log_generator_model,
+        resolve_tracking_uri,
+    )
     from jobs.train_loop import train_loop_per_worker
     from pipelines.preprocess import code_version
 
@@ -114,7 +119,7 @@ def run_train(cfg) -> TrainResult:
         "config_sha256": config_hash[:16],
         "scales": ",".join(map(str, cfg.scales)),
     }
-    tracker = RunTracker()
+    tracker = RunTracker(tracking_uri)
     run_id = tracker.start(
         cfg.tracking.experiment,
         cfg.run.name,
@@ -122,7 +127,6 @@ def run_train(cfg) -> TrainResult:
         artifact_location,
         tags=tags,
         system_metrics=cfg.tracking.system_metrics,
-        tracking_uri=tracking_uri,
     )
     tracker.log_dict(manifest, "dataset/manifest.json")
     tracker.log_dict(to_dict(cfg), "config/resolved_config.json")
@@ -178,7 +182,7 @@ def run_train(cfg) -> TrainResult:
     model_uri = version = None
     if checkpoint is not None:
         with checkpoint.as_directory() as directory:
-            model_uri, version = tracker.log_generator_model(
+            model_uri, version = log_generator_model(
                 directory, cfg.tracking.registered_model or None, tags
             )
     tracker.end("FINISHED")

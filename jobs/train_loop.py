@@ -43,9 +43,9 @@ def _schedule(cfg, step: int) -> float:
 def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train
     import ray.train.torch
-    from clipsr.shard_dataset import TrainingBatchStream, iter_eval_batches
 
     from clipsr.config_loader import from_dict
+    from clipsr.shard_dataset import TrainingBatchStream, iter_eval_batches
     from clipsr.train_state import load_training_checkpoint
     from clipsr.training import EMA, Precision, build_models, build_optimizers, train_step
     from jobs.train_config import TrainConfig
@@ -94,6 +94,9 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         persistent_workers=cfg.data.loader_workers > 0,
     )
     tracker = _rank0_tracker(config) if rank == 0 else None
+    if step >= cfg.run.steps:  # a rerun of a finished run: nothing to train, report once
+        ray.train.report({"step": step})
+        return
     batches = iter(loader)
     window_start, window_wait, window_steps = time.perf_counter(), 0.0, 0
     while step < cfg.run.steps:

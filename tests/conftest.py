@@ -16,6 +16,8 @@ import torch
 
 from clipsr.config import CLIPSRConfig, load_clipsr_config
 
+pytest_plugins = ["tests.services"]  # the real S3 (moto) and MLflow servers
+
 CONFIGS = os.path.join(os.path.dirname(os.path.dirname(__file__)), "configs")
 
 

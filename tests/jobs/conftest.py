@@ -1,0 +1,1 @@
+"""Job tests use the S3 (moto) and MLflow server fixtures registered from tests.services."""

@@ -1,0 +1,224 @@
+"""``clipsr train`` end to end on Ray Train (2 CPU workers, tiny preset, small shards)."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import psutil
+import pytest
+import torch
+from PIL import Image
+
+from clipsr.checkpoint import load_part
+from jobs.train_config import load_train_config
+from pipelines.bundled_photos import bundled_photos
+
+ROOT = Path(__file__).resolve().parents[2]
+TRAIN_CFG = ROOT / "configs" / "train" / "tiny-x4.yaml"
+
+
+@pytest.fixture(scope="module")
+def ray_session(s3_server):
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+
+
+@pytest.fixture(scope="module")
+def shards(ray_session, tmp_path_factory) -> Path:
+    """Shards of 128 px crops of the bundled photographs, 4x LR."""
+    from pipelines.preprocess import run_preprocess
+    from pipelines.preprocess_config import load_preprocess_config
+
+    corpus = tmp_path_factory.mktemp("corpus")
+    rng = np.random.default_rng(0)
+    photos = bundled_photos("train") + bundled_photos("test")
+    for i in range(32):
+        photo = photos[i % len(photos)]
+        h, w, _ = photo.image.shape
+        side = int(rng.integers(160, min(h, w, 320)))
+        y, x = rng.integers(0, h - side + 1), rng.integers(0, w - side + 1)
+        Image.fromarray(photo.image[y : y + side, x : x + side]).save(corpus / f"c{i:03d}.jpg")
+        (corpus / f"c{i:03d}.txt").write_text(photo.caption + "\n")
+    out = tmp_path_factory.mktemp("shards")
+    cfg = load_preprocess_config(
+        None,
+        [
+            f"source.path={corpus}",
+            "source.kind=folder",
+            f"output={out}",
+            "hr_size=128",
+            "scales=[4]",
+            "samples_per_shard=6",
+            "test_fraction=0.2",
+        ],
+    )
+    run_preprocess(cfg, progress=False)
+    return out
+
+
+def _cfg(shards: Path, storage: str, name: str, *overrides: str):
+    return load_train_config(
+        TRAIN_CFG,
+        [
+            f"data.shards={shards}",
+            f"run.storage_path={storage}",
+            f"run.name={name}",
+            "data.batch_size=2",
+            "data.loader_workers=1",
+            "run.log_every=1",
+            "run.val_samples=4",
+            "tracking.system_metrics=false",
+            *overrides,
+        ],
+    )
+
+
+def test_two_workers_against_mlflow_server_and_s3(shards, mlflow_server, s3_prefix, s3_server):
+    """Trains, validates, checkpoints to S3, logs over HTTP to a real `mlflow server` whose
+    artifacts live on S3, and registers the EMA generator."""
+    import mlflow
+
+    from jobs.tracking import load_resolver
+    from jobs.train import run_train
+    from pipelines import storage
+
+    cfg = _cfg(
+        shards,
+        f"{s3_prefix}/runs",
+        "served",
+        "run.steps=4",
+        "run.checkpoint_every=2",
+        "run.validate_every=2",
+        f"tracking.tracking_uri={mlflow_server.uri}",
+        "tracking.registered_model=clipsr-served",
+        f"data.endpoint_url={s3_server.endpoint_url}",
+    )
+    result = run_train(cfg)
+    assert result.metrics["step"] == 4 and result.model_version == "1"
+    client = mlflow.MlflowClient(mlflow_server.uri)
+    history = client.get_metric_history(result.run_id, "loss.g_loss")
+    assert [m.step for m in history] == [1, 2, 3, 4]
+    assert len(client.get_metric_history(result.run_id, "val_psnr")) == 2
+    assert client.get_metric_history(result.run_id, "val_psnr_bicubic")
+    run = client.get_run(result.run_id)
+    assert run.data.params["model.scale"] == "4" and run.info.status == "FINISHED"
+    artifacts = {a.path for a in client.list_artifacts(result.run_id, "samples")}
+    assert artifacts == {"samples/step_0000002.png", "samples/step_0000004.png"}
+    version = client.get_model_version("clipsr-served", "1")
+    assert version.tags["scales"] == "4" and len(version.tags["dataset_manifest_sha256"]) == 64
+    opts = storage.StorageOptions(endpoint_url=s3_server.endpoint_url)
+    ckpts = storage.list_files(f"{s3_prefix}/runs/served", opts, suffixes=("checkpoint.json",))
+    assert len(ckpts) == 2  # checkpoints at steps 2 and 4 (num_to_keep 2) on S3
+    mlart = storage.list_files(mlflow_server.artifacts_uri, opts)
+    assert any(p.endswith("generator.safetensors") for p in mlart)
+    resolver = load_resolver("models:/clipsr-served/1")
+    sr = resolver.upscale_tensor(torch.zeros(1, 3, 32, 32), ["a cat"])
+    assert sr.shape == (1, 3, 128, 128)
+
+
+def test_resume_equals_uninterrupted(shards, tmp_path, ray_session):
+    """N steps, stop, resume for N more == 2N straight: same losses and weights."""
+    from jobs.train import run_train
+
+    straight = run_train(
+        _cfg(
+            shards,
+            str(tmp_path),
+            "straight",
+            "run.steps=4",
+            "run.checkpoint_every=2",
+            "run.validate_every=100",
+        )
+    )
+    first = run_train(
+        _cfg(
+            shards,
+            str(tmp_path),
+            "resumed",
+            "run.steps=2",
+            "run.checkpoint_every=2",
+            "run.validate_every=100",
+        )
+    )
+    second = run_train(
+        _cfg(
+            shards,
+            str(tmp_path),
+            "resumed",
+            "run.steps=4",
+            "run.checkpoint_every=2",
+            "run.validate_every=100",
+        )
+    )
+    assert second.run_id == first.run_id  # the same MLflow run continues
+    losses = {k: v for k, v in straight.metrics.items() if k.startswith("loss/")}
+    assert losses == {k: v for k, v in second.metrics.items() if k.startswith("loss/")}
+    for part in ("generator", "generator_live", "discriminator", "optimizer_generator"):
+        a = load_part(straight.checkpoint, part)
+        b = load_part(second.checkpoint, part)
+        for key in a:
+            torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=f"{part}.{key}")
+
+
+def test_a_killed_worker_is_restarted_from_the_last_checkpoint(shards, tmp_path):
+    cmd = [
+        sys.executable,
+        "-m",
+        "jobs.train",
+        str(TRAIN_CFG),
+        f"data.shards={shards}",
+        f"run.storage_path={tmp_path}",
+        "run.name=killed",
+        "run.steps=12",
+        "run.checkpoint_every=3",
+        "run.validate_every=100",
+        "data.batch_size=2",
+        "data.loader_workers=1",
+        "run.max_failures=2",
+        "tracking.system_metrics=false",
+    ]
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    proc = subprocess.Popen(
+        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
+    deadline = time.time() + 300
+    while time.time() < deadline and not list((tmp_path / "killed").glob("checkpoint_*")):
+        time.sleep(0.2)
+    victims = [
+        p
+        for p in psutil.Process(proc.pid).children(recursive=True)
+        if "RayTrainWorker" in " ".join(p.cmdline())
+    ]
+    assert victims, "no Ray Train worker process found"
+    victims[-1].kill()
+    out, _ = proc.communicate(timeout=600)
+    assert proc.returncode == 0, out[-3000:]
+    assert "train done" in out
+    assert "resumed from the checkpoint at step" in out
+
+
+def test_non_finite_loss_stops_with_the_step_named(shards, tmp_path, ray_session):
+    from jobs.train import TrainingFailed, run_train
+
+    cfg = _cfg(shards, str(tmp_path), "nan", "run.steps=3", "loss.weights.reconstruction=.nan")
+    with pytest.raises(TrainingFailed, match=r"non-finite loss at step 1.*last good checkpoint"):
+        run_train(cfg)
+
+
+def test_missing_shards_and_scale_fail_before_ray(tmp_path):
+    res = subprocess.run(
+        [sys.executable, "-m", "jobs.train", str(TRAIN_CFG), f"data.shards={tmp_path}"],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 2 and "manifest.json missing" in res.stderr
