@@ -101,8 +101,10 @@ def run_train(cfg) -> TrainResult:
         log_generator_model,
         resolve_tracking_uri,
     )
-    from jobs.train_loop import train_loop_per_worker
+    from jobs.train_loop import nonfinite_marker_uri, train_loop_per_worker
+    from pipelines import storage
     from pipelines.preprocess import code_version
+    from pipelines.storage import StorageOptions
 
     cfg.validate()
     manifest, train_urls, val_urls, manifest_sha = check_inputs(cfg)
@@ -165,6 +167,8 @@ def run_train(cfg) -> TrainResult:
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
         ),
     )
+    opts = StorageOptions(endpoint_url=cfg.data.endpoint_url)
+    storage.delete(nonfinite_marker_uri(cfg), opts)
     try:
         result = trainer.fit()
     except Exception as err:
@@ -173,10 +177,11 @@ def run_train(cfg) -> TrainResult:
     metrics = dict(result.metrics or {})
     checkpoint = result.checkpoint
     where = checkpoint.path if checkpoint is not None else "none"
-    if "nonfinite_step" in metrics:
+    if storage.exists(nonfinite_marker_uri(cfg), opts):
+        info = json.loads(storage.read_bytes(nonfinite_marker_uri(cfg), opts))
         tracker.end("FAILED")
         raise TrainingFailed(
-            f"non-finite loss at step {metrics['nonfinite_step']} ({metrics.get('error')}); "
+            f"non-finite loss at step {info['step']} ({info['error']}); "
             f"the last good checkpoint is {where}"
         )
     model_uri = version = None

@@ -119,8 +119,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 all_finite=_all_finite,
             )
         except FloatingPointError as err:
-            # every rank got here together (the check is collective): stop without retrying
-            ray.train.report({"nonfinite_step": step + 1, "error": str(err), "step": step})
+            # every rank got here together (the check is collective): stop without retrying;
+            # the driver reads the marker (reports without a checkpoint do not reach it)
+            if rank == 0:
+                write_nonfinite_marker(cfg, {"step": step + 1, "error": str(err)})
+            ray.train.report({"step": step})
             return
         ema.update(models.generator)
         step += 1
@@ -229,3 +232,18 @@ def _report_checkpoint(cfg, models, optimizers, ema, precision, step, rank, metr
             directory, cfg, models, optimizers, ema, precision, step, meta=meta
         )
         ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(directory))
+
+
+def nonfinite_marker_uri(cfg) -> str:
+    from pipelines import storage
+
+    return storage.join(cfg.run.storage_path, cfg.run.name, "nonfinite.json")
+
+
+def write_nonfinite_marker(cfg, info: dict) -> None:
+    import json
+
+    from pipelines import storage
+
+    opts = storage.StorageOptions(endpoint_url=cfg.data.endpoint_url)
+    storage.write_bytes(nonfinite_marker_uri(cfg), json.dumps(info).encode(), opts)
