@@ -222,3 +222,40 @@ def test_missing_shards_and_scale_fail_before_ray(tmp_path):
         timeout=120,
     )
     assert res.returncode == 2 and "manifest.json missing" in res.stderr
+
+
+def test_wrong_scale_and_unreachable_tracking_fail_before_ray(shards, tmp_path):
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.train",
+            str(ROOT / "configs/train/tiny-x8.yaml"),
+            f"data.shards={shards}",
+            f"run.storage_path={tmp_path}",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 2 and "scale(s) [8]; available scales: [4]" in res.stderr
+    start = time.time()
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "jobs.train",
+            str(TRAIN_CFG),
+            f"data.shards={shards}",
+            f"run.storage_path={tmp_path}",
+            "tracking.tracking_uri=http://127.0.0.1:9",
+        ],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert res.returncode == 2 and "http://127.0.0.1:9" in res.stderr
+    assert time.time() - start < 60
+    assert not (tmp_path / "tiny-x4").exists()  # nothing started
