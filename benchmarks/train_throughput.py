@@ -104,6 +104,8 @@ def run(preset: str, workers: int, shards: Path, tmp: Path, steps: int, batch: i
         overrides += ["loss.vgg16_weights=random"]
     if gpu:
         overrides += ["run.use_gpu=true", "run.precision=bf16"]
+    else:  # the base presets are set up for GPU clusters
+        overrides += ["run.use_gpu=false", "run.precision=fp32"]
     cfg = load_train_config(ROOT / "configs" / "train" / f"{preset}-x4.yaml", overrides)
     return cfg, run_train(cfg).metrics
 

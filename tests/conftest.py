@@ -40,3 +40,18 @@ def tiny_clip():
 def _deterministic():
     torch.manual_seed(0)
     yield
+
+
+def text_sensitive_checkpoint(clip, directory):
+    """A tiny 4x checkpoint whose identity-initialised affines (and zero-initialised output
+    conv) have been moved, so that the prompt changes the output; returns its directory."""
+    from clipsr.inference import save_generator_checkpoint
+    from clipsr.training import build_generator
+
+    cfg = tiny_config(4)
+    gen = build_generator(cfg, clip)
+    with torch.no_grad():
+        for name, p in gen.named_parameters():
+            if "affine" in name or "to_rgb" in name:
+                p.add_(0.05 * torch.randn_like(p))
+    return save_generator_checkpoint(directory, cfg, gen, clip)

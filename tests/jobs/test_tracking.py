@@ -24,10 +24,8 @@ from clipsr.checkpoint import CheckpointError
 from clipsr.inference import (
     SuperResolver,
     image_to_tensor,
-    save_generator_checkpoint,
     tensor_to_image,
 )
-from clipsr.training import build_generator
 from jobs.tracking import (
     ModelNotFound,
     RunTracker,
@@ -37,7 +35,7 @@ from jobs.tracking import (
     log_generator_model,
     resolve_tracking_uri,
 )
-from tests.conftest import tiny_config
+from tests.conftest import text_sensitive_checkpoint
 from tests.services import MlflowServer, free_port
 
 CAPTION = "a person in a space suit"
@@ -60,14 +58,7 @@ def s3_keys(server: MlflowServer, contains: str = "") -> list[str]:
 
 @pytest.fixture(scope="module")
 def checkpoint(tiny_clip, tmp_path_factory) -> Path:
-    cfg = tiny_config(4)
-    gen = build_generator(cfg, tiny_clip)
-    with torch.no_grad():  # move the identity-initialised affines so the text matters
-        for name, p in gen.named_parameters():
-            if "affine" in name or "to_rgb" in name:
-                p.add_(0.05 * torch.randn_like(p))
-    directory = tmp_path_factory.mktemp("ck") / "checkpoint"
-    return save_generator_checkpoint(directory, cfg, gen, tiny_clip)
+    return text_sensitive_checkpoint(tiny_clip, tmp_path_factory.mktemp("ck") / "checkpoint")
 
 
 @pytest.fixture(scope="module")

@@ -5,13 +5,10 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-import torch
 from PIL import Image
 from skimage import data
 
-from clipsr.inference import save_generator_checkpoint
-from clipsr.training import build_generator
-from tests.conftest import tiny_config
+from tests.conftest import text_sensitive_checkpoint
 
 CLIPSR = str(Path(sys.executable).with_name("clipsr"))
 
@@ -22,13 +19,7 @@ def run(*args: str) -> subprocess.CompletedProcess:
 
 @pytest.fixture(scope="module")
 def checkpoint(tiny_clip, tmp_path_factory):
-    cfg = tiny_config(4)
-    gen = build_generator(cfg, tiny_clip)
-    with torch.no_grad():  # move the identity-initialised affines so the text matters
-        for name, p in gen.named_parameters():
-            if "affine" in name or "to_rgb" in name:
-                p.add_(0.05 * torch.randn_like(p))
-    return save_generator_checkpoint(tmp_path_factory.mktemp("ck") / "m", cfg, gen, tiny_clip)
+    return text_sensitive_checkpoint(tiny_clip, tmp_path_factory.mktemp("ck") / "m")
 
 
 @pytest.fixture(scope="module")
