@@ -55,3 +55,15 @@ def text_sensitive_checkpoint(clip, directory):
             if "affine" in name or "to_rgb" in name:
                 p.add_(0.05 * torch.randn_like(p))
     return save_generator_checkpoint(directory, cfg, gen, clip)
+
+
+@pytest.fixture(scope="session")
+def ray_session(s3_server):
+    """One local Ray for the whole session (2 CPUs), started once the S3 server's credentials
+    are in the environment, so that Ray's workers inherit them."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    yield ray
+    ray.shutdown()

@@ -266,8 +266,9 @@ def test_run_tracker_logs_and_resumes_the_same_run(tracking, tmp_path):
     paths = {a.path for a in client.list_artifacts(run_id)}
     assert {"config.yaml", "eval", "samples"} <= paths
 
-    again = RunTracker(uri)  # the last run of that name finished: a new one
-    assert again.start("clipsr-tracking", name, {}, None, system_metrics=False) != run_id
+    # a rerun of a finished training (same run name) continues it, in the same MLflow run
+    again = RunTracker(uri)
+    assert again.start("clipsr-tracking", name, {}, None, system_metrics=False) == run_id
     again.end()
     explicit = RunTracker(uri)
     assert explicit.start("clipsr-tracking", name, {}, None, run_id=run_id) == run_id

@@ -23,15 +23,6 @@ TRAIN_CFG = ROOT / "configs" / "train" / "tiny-x4.yaml"
 
 
 @pytest.fixture(scope="module")
-def ray_session(s3_server):
-    import ray
-
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-
-
-@pytest.fixture(scope="module")
 def shards(ray_session, tmp_path_factory) -> Path:
     """Shards of 128 px crops of the bundled photographs, 4x LR."""
     from pipelines.preprocess import run_preprocess

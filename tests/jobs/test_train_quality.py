@@ -40,15 +40,11 @@ def _celeba_layout(root: Path, seed: int = 0) -> None:
 
 
 @pytest.mark.slow
-def test_tiny_4x_beats_bicubic_on_held_out_photographs(tmp_path, s3_server):
-    import ray
-
+def test_tiny_4x_beats_bicubic_on_held_out_photographs(tmp_path, ray_session):
     from jobs.train import run_train
     from pipelines.preprocess import run_preprocess
     from pipelines.preprocess_config import load_preprocess_config
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
     _celeba_layout(tmp_path / "corpus")
     run_preprocess(
         load_preprocess_config(

@@ -39,16 +39,6 @@ PHOTOS = [
 
 
 @pytest.fixture(scope="session")
-def ray_local(s3_server):
-    """One local Ray for the session, started after the S3 server's credentials are set."""
-    import ray
-
-    ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
-    yield ray
-    ray.shutdown()
-
-
-@pytest.fixture(scope="session")
 def corpus(tmp_path_factory) -> Path:
     """A folder corpus: crops of real photographs, odd formats, and one of each bad sample."""
     root = tmp_path_factory.mktemp("corpus")
@@ -121,7 +111,7 @@ EXPECTED_REJECTS = {
 
 
 @pytest.fixture(scope="session")
-def first_run(ray_local, corpus, tmp_path_factory):
+def first_run(ray_session, corpus, tmp_path_factory):
     out = tmp_path_factory.mktemp("shards")
     summary = run_preprocess(_cfg(corpus, str(out), "concurrency=2"), progress=False)
     return out, summary
@@ -178,9 +168,9 @@ def test_bad_samples_are_counted_and_listed(first_run):
     assert {"key", "source_id", "status", "reason", "caption"} <= set(table[0])
 
 
-def test_ray_read_webdataset_sees_every_sample(first_run, ray_local):
+def test_ray_read_webdataset_sees_every_sample(first_run, ray_session):
     out, summary = first_run
-    ds = ray_local.data.read_webdataset(str(out), file_extensions=["tar"])
+    ds = ray_session.data.read_webdataset(str(out), file_extensions=["tar"])
     rows = ds.take_all()
     assert len(rows) == summary.written
     assert len({r["__key__"] for r in rows}) == summary.written
@@ -239,7 +229,7 @@ def test_kill_dash_nine_then_resume_gives_the_same_bytes(first_run, corpus, tmp_
     )
 
 
-def test_s3_source_and_output(ray_local, s3_server, s3_prefix, upload_tree, corpus, first_run):
+def test_s3_source_and_output(ray_session, s3_server, s3_prefix, upload_tree, corpus, first_run):
     out, _ = first_run
     upload_tree(corpus, f"{s3_prefix}/corpus")
     cfg = _cfg(
