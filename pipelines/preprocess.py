@@ -211,7 +211,7 @@ def _write_with_ray(cfg: PreprocessConfig, todo: list[dict[str, Any]], summary, 
         _write_row,
         fn_kwargs={"cfg_dict": cfg_dict},
         num_cpus=1,
-        concurrency=cfg.concurrency or None,
+        compute=ray.data.TaskPoolStrategy(size=cfg.concurrency) if cfg.concurrency else None,
     )
     total = sum(len(p["samples"]) for p in todo)
     bar = tqdm(total=total, unit="sample", disable=not progress, desc="preprocess")
