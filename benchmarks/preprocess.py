@@ -114,9 +114,9 @@ def write_config(path: Path, corpus: Path, output: Path, per_shard: int) -> None
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--samples", type=int, default=200, help="small corpus size S")
+    parser.add_argument("--samples", type=int, default=1000, help="small corpus size S")
     parser.add_argument("--workers", type=int, default=os.cpu_count())
-    parser.add_argument("--per-shard", type=int, default=25)
+    parser.add_argument("--per-shard", type=int, default=50)
     args = parser.parse_args()
     with tempfile.TemporaryDirectory(prefix="clipsr-bench-") as tmp:
         tmp = Path(tmp)
