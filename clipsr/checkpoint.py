@@ -12,7 +12,6 @@ Layout::
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import os
 from pathlib import Path
@@ -24,6 +23,7 @@ from safetensors.torch import load_file, save_file
 
 from clipsr.config import CLIPSRConfig
 from clipsr.config_loader import ConfigError, from_dict, to_yaml
+from clipsr.shards import sha256_file
 
 FORMAT_VERSION = 1
 MANIFEST = "checkpoint.json"
@@ -32,14 +32,6 @@ CONFIG = "config.yaml"
 
 class CheckpointError(RuntimeError):
     """A checkpoint directory is missing, incomplete, corrupt or of another format."""
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as f:
-        for chunk in iter(lambda: f.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
 
 
 def save_checkpoint(
@@ -57,7 +49,7 @@ def save_checkpoint(
         path = directory / f"{name}.safetensors"
         tensors = {k: v.detach().contiguous().cpu() for k, v in state.items()}
         save_file(tensors, str(path))
-        entries[name] = {"file": path.name, "sha256": _sha256(path), "tensors": len(tensors)}
+        entries[name] = {"file": path.name, "sha256": sha256_file(path), "tensors": len(tensors)}
     (directory / CONFIG).write_text(to_yaml(cfg))
     manifest = {
         "format_version": FORMAT_VERSION,
@@ -125,7 +117,7 @@ def load_part(
     path = directory / entry["file"]
     if not path.is_file():
         raise CheckpointError(f"{path}: weights file missing")
-    if verify and _sha256(path) != entry["sha256"]:
+    if verify and sha256_file(path) != entry["sha256"]:
         raise CheckpointError(f"{path}: sha256 mismatch, the file is corrupt or was modified")
     try:
         return load_file(str(path))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import logging
 import warnings
+from pathlib import Path
 
 import torch
 import torch.nn.functional as F
@@ -47,16 +48,24 @@ class VGGPerceptualLoss(nn.Module):
         return F.mse_loss(self.features(sr), target)
 
 
-def build_perceptual_loss(cfg: LossConfig) -> VGGPerceptualLoss | None:
-    """The configured perceptual loss, or None (``loss.perceptual=none`` or weight 0)."""
+def check_perceptual_config(cfg: LossConfig) -> bool:
+    """Whether a perceptual net is configured; raises naming ``loss.vgg16_weights`` when its
+    weights are not set or the file is missing (so jobs can fail before any work)."""
     if cfg.perceptual == "none" or cfg.weights.perceptual == 0:
-        return None
+        return False
     if not cfg.vgg16_weights:
         raise ValueError(
             "loss.vgg16_weights: loss.perceptual is vgg16 but no weights file is set; point it "
             "at a torchvision VGG16 state dict (.pth/.safetensors) or set loss.perceptual=none"
         )
-    return VGGPerceptualLoss(cfg.vgg16_weights)
+    if cfg.vgg16_weights != "random" and not Path(cfg.vgg16_weights).expanduser().is_file():
+        raise FileNotFoundError(f"loss.vgg16_weights: file not found: {cfg.vgg16_weights}")
+    return True
+
+
+def build_perceptual_loss(cfg: LossConfig) -> VGGPerceptualLoss | None:
+    """The configured perceptual loss, or None (``loss.perceptual=none`` or weight 0)."""
+    return VGGPerceptualLoss(cfg.vgg16_weights) if check_perceptual_config(cfg) else None
 
 
 def clip_text_similarity(image_emb: torch.Tensor, text_emb: torch.Tensor) -> torch.Tensor:

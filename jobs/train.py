@@ -64,6 +64,7 @@ def _storage(cfg):
 def check_inputs(cfg) -> tuple[dict, list[str], list[str], str]:
     """Fail fast, before Ray: shards, scales, format version, perceptual weights."""
     from clipsr.config_loader import ConfigError
+    from clipsr.losses import check_perceptual_config
     from clipsr.shard_dataset import check_scales, read_dataset_manifest, shard_urls
     from pipelines import storage
 
@@ -79,12 +80,7 @@ def check_inputs(cfg) -> tuple[dict, list[str], list[str], str]:
         )
     train = shard_urls(cfg.data.shards, cfg.data.train_split, manifest)
     val = shard_urls(cfg.data.shards, cfg.data.val_split, manifest)
-    loss = cfg.loss
-    if loss.perceptual == "vgg16" and loss.weights.perceptual > 0:
-        if not loss.vgg16_weights:
-            raise ConfigError("loss.vgg16_weights: required with loss.perceptual=vgg16")
-        if loss.vgg16_weights != "random" and not Path(loss.vgg16_weights).is_file():
-            raise ConfigError(f"loss.vgg16_weights: file not found: {loss.vgg16_weights}")
+    check_perceptual_config(cfg.loss)
     digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
     return manifest, train, val, digest
 
