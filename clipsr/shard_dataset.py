@@ -22,6 +22,7 @@ segment size, shuffle buffer and DataLoader ``num_workers`` (``opener(url)`` giv
 from __future__ import annotations
 
 import functools
+import hashlib
 import itertools
 import json
 import posixpath
@@ -268,6 +269,11 @@ def read_dataset_manifest(root: str, read_bytes: Callable[[str], bytes] | None =
             f"{version}, this version reads {FORMAT_VERSION}); run clipsr preprocess again"
         )
     return manifest
+
+
+def manifest_sha256(manifest: dict) -> str:
+    """The identity of a shard set: sha256 of its manifest as canonical JSON (sorted keys)."""
+    return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
 
 
 def shard_urls(root: str, split: str, manifest: dict) -> list[str]:

@@ -65,7 +65,12 @@ def check_inputs(cfg) -> tuple[dict, list[str], list[str], str]:
     """Fail fast, before Ray: shards, scales, format version, perceptual weights."""
     from clipsr.config_loader import ConfigError
     from clipsr.losses import check_perceptual_config
-    from clipsr.shard_dataset import check_scales, read_dataset_manifest, shard_urls
+    from clipsr.shard_dataset import (
+        check_scales,
+        manifest_sha256,
+        read_dataset_manifest,
+        shard_urls,
+    )
     from pipelines import storage
 
     opts = storage.StorageOptions(endpoint_url=cfg.data.endpoint_url)
@@ -81,8 +86,7 @@ def check_inputs(cfg) -> tuple[dict, list[str], list[str], str]:
     train = shard_urls(cfg.data.shards, cfg.data.train_split, manifest)
     val = shard_urls(cfg.data.shards, cfg.data.val_split, manifest)
     check_perceptual_config(cfg.loss)
-    digest = hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
-    return manifest, train, val, digest
+    return manifest, train, val, manifest_sha256(manifest)
 
 
 def run_train(cfg) -> TrainResult:
