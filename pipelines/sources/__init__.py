@@ -53,6 +53,9 @@ class SourceConfig:
     manifest_caption_column: str = "caption"
     webdataset_image_ext: list[str] = field(default_factory=lambda: ["jpg", "jpeg", "png", "webp"])
     webdataset_caption_ext: str = "txt"
+    # folder: the first directory level names the split (train/, val/, test/); images outside
+    # a split directory are rejected ("outside_split_dir").
+    folder_split_dirs: bool = False
 
 
 def build_source(cfg: SourceConfig, opts: StorageOptions | None = None) -> Source:
@@ -69,7 +72,7 @@ def build_source(cfg: SourceConfig, opts: StorageOptions | None = None) -> Sourc
     if cfg.kind == "celeba":
         return CelebASource(cfg.path, opts)
     if cfg.kind == "folder":
-        return FolderSource(cfg.path, opts)
+        return FolderSource(cfg.path, opts, split_dirs=cfg.folder_split_dirs)
     if cfg.kind == "manifest":
         return ManifestSource(
             cfg.path, opts, cfg.manifest_image_column, cfg.manifest_caption_column

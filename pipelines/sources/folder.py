@@ -3,7 +3,8 @@
 ``photos/a/cat.jpg`` + ``photos/a/cat.txt`` (one caption a line). Image suffixes: jpg, jpeg, png,
 webp, bmp, tif, tiff, in any case. Hidden files and folders (a component starting with ``.``) are
 skipped. An image without its ``.txt`` is still yielded, with ``error="caption_missing"``, so it is
-counted as a reject. ``source_id`` is the path relative to ``path``; ``split`` is None.
+counted as a reject. ``source_id`` is the path relative to ``path``; ``split`` is None, or with
+``split_dirs`` the first directory of that path (``train/``, ``val/``, ``test/``, ...).
 """
 
 from __future__ import annotations
@@ -24,6 +25,9 @@ from pipelines.sources.base import (
 )
 from pipelines.storage import StorageOptions
 
+SPLIT_DIRS = ("train", "val", "validation", "valid", "dev", "test")
+OUTSIDE_SPLIT_DIR = "outside_split_dir"
+
 
 @dataclass
 class FolderSource:
@@ -31,6 +35,7 @@ class FolderSource:
 
     path: str
     opts: StorageOptions
+    split_dirs: bool = False
     name: str = "folder"
 
     def check(self) -> None:
@@ -49,12 +54,20 @@ class FolderSource:
                 images.append((rel, uri))
         for rel, uri in images:
             caption_uri = caption_by_stem.get(strip_ext(rel))
+            split, error = self._split(rel)
+            if error is None and not caption_uri:
+                error = CAPTION_MISSING
             yield SourceSample(
-                source_id=rel,
-                image=uri,
-                caption_uri=caption_uri,
-                error=None if caption_uri else CAPTION_MISSING,
+                source_id=rel, image=uri, caption_uri=caption_uri, split=split, error=error
             )
+
+    def _split(self, rel: str) -> tuple[str | None, str | None]:
+        if not self.split_dirs:
+            return None, None
+        top, sep, _ = rel.partition("/")
+        if not sep or top.lower() not in SPLIT_DIRS:
+            return None, OUTSIDE_SPLIT_DIR
+        return top.lower(), None
 
     def describe(self) -> dict[str, Any]:
         return {"kind": self.name, "path": self.path}

@@ -72,3 +72,21 @@ def test_folder_validate_missing_dir(tmp_path: Path, s3_server: S3Server, s3_pre
         validate(SourceConfig(kind="folder", path=str(tmp_path / "nope")))
     with pytest.raises(ValueError, match="source.path: directory not found: s3://"):
         validate(SourceConfig(kind="folder", path=s3_prefix + "/nope"), s3_server.options)
+
+
+def test_folder_split_dirs_name_the_split(tmp_path: Path) -> None:
+    root = tmp_path / "corpus"
+    for rel in ("train/a.png", "Test/b.png", "val/sub/c.png", "loose.png", "misc/d.png"):
+        write_file(root / rel, image_bytes("PNG"))
+        write_file((root / rel).with_suffix(".txt"), "a caption")
+    cfg = SourceConfig(kind="folder", path=str(root), folder_split_dirs=True)
+    samples = {s.source_id: s for s in build_source(cfg).list_samples()}
+    assert {k: (s.split, s.error) for k, s in samples.items()} == {
+        "train/a.png": ("train", None),
+        "Test/b.png": ("test", None),
+        "val/sub/c.png": ("val", None),
+        "loose.png": (None, "outside_split_dir"),
+        "misc/d.png": (None, "outside_split_dir"),
+    }
+    plain = build_source(SourceConfig(kind="folder", path=str(root))).list_samples()
+    assert all(s.split is None and s.error is None for s in plain)
