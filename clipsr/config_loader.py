@@ -114,6 +114,11 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str) -> T:
     kwargs = {}
     for name, value in data.items():
         key = f"{prefix}.{name}" if prefix else name
+        factory = fields[name].default_factory
+        if isinstance(value, dict) and factory is not dataclasses.MISSING:
+            default = factory()
+            if dataclasses.is_dataclass(default):  # keep the factory's values not given here
+                value = _merge(to_dict(default), value)
         kwargs[name] = _convert(value, hints[name], key)
     try:
         obj = cls(**kwargs)

@@ -12,7 +12,10 @@ import sys
 COMMANDS = {
     "preprocess": ("jobs.preprocess", "shard a captioned corpus into WebDataset shards (Ray Data)"),
     "train": ("jobs.train", "train the generator and discriminator on Ray Train (MLflow)"),
-    "upscale": ("jobs.upscale", "upscale LR images with a trained checkpoint, guided by prompts"),
+    "evaluate": ("jobs.evaluate", "evaluate a model on test shards (PSNR/SSIM/LPIPS, captions)"),
+    "promote": ("jobs.promote", "move the champion alias to a model version behind metric gates"),
+    "upscale": ("jobs.upscale", "upscale images or shard sets with a model, guided by prompts"),
+    "demo": ("jobs.demo", "the whole pipeline on bundled data: shard, train, evaluate, promote"),
 }
 
 

@@ -113,3 +113,21 @@ def test_parse_override_and_flatten():
     assert flat["model.generator.wiring"] == "paper"
     assert flat["loss.weights.adversarial"] == 0.01
     assert to_dict(CLIPSRConfig())["model"]["clip"]["image_taps"] == [1, 4, 8]
+
+
+def test_an_override_keeps_the_other_values_of_a_nested_default_factory():
+    import dataclasses
+
+    from clipsr.config_loader import from_dict
+
+    @dataclasses.dataclass
+    class Inner:
+        a: int = 0
+        b: str = ""
+
+    @dataclasses.dataclass
+    class Outer:
+        inner: Inner = dataclasses.field(default_factory=lambda: Inner(a=5, b="x"))
+
+    assert from_dict(Outer, {}, ["inner.b=y"]).inner == Inner(a=5, b="y")
+    assert from_dict(Outer, {}).inner == Inner(a=5, b="x")

@@ -1,0 +1,38 @@
+"""The demo's config: shipped files load, bad values fail fast naming the key."""
+
+from __future__ import annotations
+
+import pytest
+
+from clipsr.config_loader import ConfigError
+from jobs.demo_config import load_demo_config
+from jobs.train_config import load_train_config
+from pipelines.preprocess_config import load_preprocess_config
+
+
+def test_default_demo_config_and_the_configs_it_names_load():
+    cfg = load_demo_config(None)
+    for model in (cfg.photos, cfg.shapes):
+        tcfg = load_train_config(model.train_config, ["data.shards=/tmp/x"])
+        tcfg.validate()
+        assert tcfg.tracking.registered_model.startswith("clipsr-demo-x")
+    assert load_train_config(cfg.shapes.train_config).model.scale == 16
+    assert load_train_config(cfg.photos.train_config).model.scale == 4
+    pcfg = load_preprocess_config(cfg.preprocess_config, ["source.path=/x", "output=/y"])
+    pcfg.validate()
+    assert pcfg.source.folder_split_dirs and pcfg.hr_size == 128
+
+
+@pytest.mark.parametrize(
+    ("override", "key"),
+    [
+        ("workdir=s3://bucket/demo", "workdir"),
+        ("storage=gs://bucket/x", "storage"),
+        ("photos.train_config=configs/nope.yaml", "photos.train_config"),
+        ("num_workers=0", "num_workers"),
+        ("shapes.steps=-1", "shapes.steps"),
+    ],
+)
+def test_bad_demo_config_fails_fast(override, key):
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        load_demo_config(None, [override])
