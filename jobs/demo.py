@@ -166,12 +166,12 @@ class Demo:
             "metrics": result.metrics,
         }
 
-    def promote(self, trained: dict) -> dict:
+    def promote(self, model: DemoModelConfig, trained: dict) -> dict:
         from jobs.promote import run_promote
         from jobs.promote_config import load_promote_config
 
         pcfg = load_promote_config(
-            None,
+            _path(model.promote_config),
             [
                 f"model={trained['registered_model']}",
                 f"version={trained['version']}",
@@ -185,9 +185,8 @@ class Demo:
         return {"action": result.action, "alias": f"{trained['registered_model']}@champion"}
 
     def upscale(self, corpus: str, model: DemoModelConfig, trained: dict, shards: str) -> dict:
-        from pipelines.batch_upscale import run_batch_upscale
-
         from jobs.tracking import load_resolver
+        from pipelines.batch_upscale import run_batch_upscale
 
         uri = f"models:/{trained['registered_model']}@champion"
         out = self.outputs / "upscaled" / corpus
@@ -239,7 +238,11 @@ class Demo:
             _fingerprint(trained, cfg.eval_limit),
             lambda: self.evaluate(corpus, trained, shards),
         )
-        promoted = st.run(f"promote x{scale}", _fingerprint(trained), lambda: self.promote(trained))
+        promoted = st.run(
+            f"promote x{scale}",
+            _fingerprint(trained, _read(model.promote_config)),
+            lambda: self.promote(model, trained),
+        )
         upscaled = st.run(
             f"upscale x{scale}",
             _fingerprint(trained, model.prompts),

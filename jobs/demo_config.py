@@ -15,6 +15,8 @@ class DemoModelConfig:
     # The train config of this model (extends a tiny preset) and its training steps.
     train_config: str = ""
     steps: int = 0  # 0: the train config's run.steps
+    # Gates of clipsr promote for this model.
+    promote_config: str = "configs/promote/default.yaml"
     # Prompts for the prompt-editing grid of one held-out image ("{caption}": its own caption).
     prompts: list[str] = field(default_factory=list)
 
@@ -41,6 +43,7 @@ class DemoConfig:
     photos: DemoModelConfig = field(
         default_factory=lambda: DemoModelConfig(
             train_config="configs/demo/photos-x4.yaml",
+            promote_config="configs/demo/promote-photos.yaml",
             prompts=["{caption}", "a black cat with yellow eyes", "a red sports car"],
         )
     )
@@ -72,8 +75,10 @@ class DemoConfig:
             raise ConfigError("photo_stride >= 8 and eval_limit >= 0")
         for name in ("photos", "shapes"):
             model: DemoModelConfig = getattr(self, name)
-            if not (ROOT / model.train_config).is_file() and not Path(model.train_config).is_file():
-                raise ConfigError(f"{name}.train_config: no such file {model.train_config}")
+            for key in ("train_config", "promote_config"):
+                path = getattr(model, key)
+                if not (ROOT / path).is_file() and not Path(path).is_file():
+                    raise ConfigError(f"{name}.{key}: no such file {path}")
             if model.steps < 0:
                 raise ConfigError(f"{name}.steps: must be >= 0")
         if not (ROOT / self.preprocess_config).is_file():
