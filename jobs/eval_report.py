@@ -1,0 +1,147 @@
+"""The HTML report of ``clipsr evaluate``: metrics next to bicubic, the caption ablation, and image
+grids (LR, bicubic, SR with the true and a mismatched caption, HR) as PNG files beside it.
+
+Static HTML, no script, no external resource; every caption and URI goes through html.escape.
+The same evaluation gives the same bytes (no timestamps).
+"""
+
+from __future__ import annotations
+
+import html
+from pathlib import Path
+from typing import Any
+
+from clipsr.evaluation import GRID_IMAGES, png_bytes
+
+IMAGES_DIR = "images"
+TITLES = {
+    "lr": "LR (nearest)",
+    "bicubic": "bicubic",
+    "sr": "SR, true caption",
+    "sr_mismatched": "SR, mismatched caption",
+    "hr": "HR",
+}
+QUALITY = (  # (label, metric, bicubic metric, higher is better)
+    ("PSNR (RGB, dB)", "psnr", "psnr_bicubic", True),
+    ("SSIM (RGB)", "ssim", "ssim_bicubic", True),
+    ("PSNR (Y, dB)", "psnr_y", "psnr_y_bicubic", True),
+    ("SSIM (Y)", "ssim_y", "ssim_y_bicubic", True),
+    ("LPIPS", "lpips", "lpips_bicubic", False),
+)
+STYLE = """
+body { font-family: sans-serif; margin: 2em; color: #222; }
+table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
+th, td { border: 1px solid #ccc; padding: 4px 10px; text-align: right; }
+th:first-child, td:first-child { text-align: left; }
+.better { color: #0a6b1f; font-weight: bold; }
+.grid td, .grid th { text-align: center; vertical-align: top; }
+.grid img { width: 160px; image-rendering: pixelated; display: block; }
+.grid td.caption { text-align: left; max-width: 24em; font-size: 0.9em; }
+code { font-size: 0.9em; }
+"""
+
+
+def _e(value: Any) -> str:
+    return html.escape(str(value), quote=True)
+
+
+def _num(value: float | None, digits: int) -> str:
+    return "–" if value is None else f"{value:.{digits}f}"
+
+
+def _quality_table(m: dict[str, float]) -> list[str]:
+    out = ["<table><tr><th>metric</th><th>model</th><th>bicubic</th><th>model - bicubic</th></tr>"]
+    for label, name, bic, higher in QUALITY:
+        if name not in m:
+            continue
+        digits = 2 if name.startswith("psnr") else 4
+        delta = m[name] - m[bic]
+        good = delta > 0 if higher else delta < 0
+        css = ' class="better"' if good else ""
+        out.append(
+            f"<tr><td>{label}</td><td{css}>{_num(m[name], digits)}</td>"
+            f"<td>{_num(m[bic], digits)}</td><td>{delta:+.{digits}f}</td></tr>"
+        )
+    out.append("</table>")
+    if "clip_score" in m:
+        out.append(f"<p>CLIP-score of SR vs its true caption: {_num(m['clip_score'], 2)}</p>")
+    return out
+
+
+def _ablation_table(m: dict[str, float]) -> list[str]:
+    rows = (
+        ("true caption", m["psnr"], m["ssim"], None),
+        ("mismatched caption", m["psnr_caption_mismatched"], m["ssim_caption_mismatched"],
+         m["text_gain_psnr"]),
+        ("empty caption", m["psnr_caption_empty"], m["ssim_caption_empty"],
+         m["text_gain_psnr_empty"]),
+    )  # fmt: skip
+    out = [
+        "<table><tr><th>caption</th><th>PSNR (dB)</th><th>SSIM</th>"
+        "<th>text gain (dB): true minus this</th></tr>"
+    ]
+    for label, p, s, gain in rows:
+        shown = "" if gain is None else f"{gain:+.3f}"
+        out.append(f"<tr><td>{label}</td><td>{p:.3f}</td><td>{s:.4f}</td><td>{shown}</td></tr>")
+    out.append("</table>")
+    return out
+
+
+def _grid(scale: int, rows: list[dict[str, Any]], out_dir: Path) -> list[str]:
+    (out_dir / IMAGES_DIR).mkdir(parents=True, exist_ok=True)
+    head = "".join(f"<th>{_e(TITLES[k])}</th>" for k in GRID_IMAGES)
+    out = [f'<table class="grid"><tr><th>#</th>{head}<th>captions</th></tr>']
+    for row in rows:
+        cells = []
+        for kind in GRID_IMAGES:
+            name = f"{IMAGES_DIR}/x{scale}_{row['index']:04d}_{kind}.png"
+            (out_dir / name).write_bytes(png_bytes(row["images"][kind]))
+            alt = f"{TITLES[kind]} of sample {row['index']}"
+            cells.append(f'<td><img src="{_e(name)}" alt="{_e(alt)}"></td>')
+        captions = (
+            f"<b>true:</b> {_e(row['caption'])}<br>"
+            f"<b>mismatched:</b> {_e(row['caption_mismatched'])}<br>"
+            f"<small>{_e(row['key'])}: PSNR {row['psnr']:.2f} dB, "
+            f"mismatched {row['psnr_caption_mismatched']:.2f} dB</small>"
+        )
+        out.append(
+            f'<tr><td>{row["index"]}</td>{"".join(cells)}<td class="caption">{captions}</td></tr>'
+        )
+    out.append("</table>")
+    return out
+
+
+def write_report(
+    out_dir: str | Path, doc: dict[str, Any], grid_rows: dict[int, list[dict[str, Any]]]
+) -> Path:
+    """``out_dir/report.html`` for the evaluation document ``doc`` (the JSON's content) and the
+    rows with images per scale; the PNGs go to ``out_dir/images/``. Returns the report's path."""
+    out_dir = Path(out_dir)
+    model = doc["model"]
+    version = f" version {model['version']}" if model.get("version") else ""
+    name = f"{model['name']}{version}" if model.get("name") else model["uri"]
+    parts = [
+        "<!DOCTYPE html>",
+        '<html lang="en"><head><meta charset="utf-8">',
+        '<link rel="icon" href="data:,">',
+        f"<title>clipsr evaluation: {_e(name)}</title>",
+        f"<style>{STYLE}</style></head><body>",
+        f"<h1>clipsr evaluation: {_e(name)}</h1>",
+        f"<p>model <code>{_e(model['uri'])}</code>; {_e(doc['split'])} split of the shard set "
+        f"<code>{_e(doc['manifest_sha256'][:16])}</code>; {doc['samples']} samples; "
+        f"crop border {doc['settings']['crop_border']}.</p>",
+    ]
+    for scale_key, metrics in doc["metrics"].items():
+        scale = int(scale_key.removeprefix("x"))
+        parts.append(f"<h2>{scale}x</h2>")
+        parts += _quality_table(metrics)
+        parts.append("<h3>Caption ablation</h3>")
+        parts += _ablation_table(metrics)
+        rows = grid_rows.get(scale, [])
+        if rows:
+            parts.append(f"<h3>First {len(rows)} samples</h3>")
+            parts += _grid(scale, rows, out_dir)
+    parts.append("</body></html>")
+    path = out_dir / "report.html"
+    path.write_text("\n".join(parts) + "\n", encoding="utf-8")
+    return path
