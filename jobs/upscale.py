@@ -1,9 +1,15 @@
-"""``clipsr upscale``: super-resolve LR images with a checkpoint, guided by one or more prompts.
+"""``clipsr upscale``: super-resolve LR images with a model, guided by prompts or their captions.
 
-    clipsr upscale --checkpoint DIR --prompt "a red bird" --scale 4 lr1.png lr2.png --out out/
+    clipsr upscale --model models:/clipsr@champion --prompt "a red bird" lr1.png lr2.png --out sr/
+    clipsr upscale --model runs/x/checkpoint --input-dir lr/ --out s3://bucket/sr --prompt "a bird"
+    clipsr upscale --model models:/clipsr/3 --shards s3://bucket/shards --split test \\
+        --out s3://bucket/sr-shards --out-format shards
 
-With several ``--prompt`` values each image is upscaled once per prompt and a side-by-side grid
-(LR, then each SR labelled with its prompt and CLIP-score) is written too (prompt editing).
+Single files run in this process; with several ``--prompt`` each image is upscaled once per
+prompt and a grid (LR, then each SR labelled with its prompt and CLIP-score) is written too.
+``--input-dir`` (images, captions from same-stem .txt files, else ``--prompt``) and ``--shards``
+(a ``clipsr preprocess`` output) run on Ray Data (``pipelines/batch_upscale.py``); skipped inputs
+are listed in ``<out>/skipped.jsonl``. Exit code: 0, 1 when inputs were skipped, 2 on bad config.
 """
 
 from __future__ import annotations
@@ -11,6 +17,7 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import sys
 from pathlib import Path
 
@@ -20,18 +27,35 @@ log = logging.getLogger("clipsr.upscale")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="clipsr upscale", description=__doc__.split("\n\n")[0])
-    p.add_argument("inputs", nargs="+", metavar="IN", help="low-resolution image files")
-    p.add_argument("--checkpoint", required=True, help="checkpoint directory (checkpoint.json)")
+    p = argparse.ArgumentParser(
+        prog="clipsr upscale",
+        description=__doc__.split("\n\n")[0],
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+        epilog=__doc__.split("\n\n", 1)[1],
+    )
+    p.add_argument("inputs", nargs="*", metavar="IN", help="low-resolution image files")
+    p.add_argument("--model", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/..., or DIR")
+    p.add_argument("--checkpoint", metavar="DIR", help="a local checkpoint directory (= --model)")
+    p.add_argument("--tracking-uri", help="MLflow tracking/registry URI (else MLFLOW_TRACKING_URI)")
     p.add_argument(
         "--prompt",
         action="append",
-        required=True,
-        help="caption guiding the upscale; repeat for a prompt-editing grid",
+        help="caption guiding the upscale; repeat for a prompt-editing grid (single files); "
+        "in batch mode the caption of inputs that have none",
     )
-    p.add_argument("--scale", type=int, required=True, help="upscale factor (the model's)")
-    p.add_argument("--out", required=True, help="output directory")
+    p.add_argument("--scale", type=int, help="upscale factor (default: the model's)")
+    p.add_argument("--out", required=True, help="output directory (batch mode: also s3://)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
+    batch = p.add_argument_group("batch mode (Ray Data)")
+    batch.add_argument("--input-dir", help="a folder of images (local or s3://)")
+    batch.add_argument("--shards", help="a clipsr preprocess output directory (local or s3://)")
+    batch.add_argument("--split", default="test", help="the shard split to upscale (test)")
+    batch.add_argument("--out-format", choices=("files", "shards"), default="files")
+    batch.add_argument("--endpoint-url", help="S3 endpoint (else AWS_ENDPOINT_URL)")
+    batch.add_argument("--gpu", action="store_true", default=None, help="one GPU per actor")
+    batch.add_argument("--workers", type=int, help="actors (default: 1 up to the GPUs or CPUs/2)")
+    batch.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
+    batch.add_argument("--local", action="store_true", help="run in this process, no Ray")
     return p
 
 
@@ -40,22 +64,28 @@ def _slug(index: int, prompt: str) -> str:
     return f"p{index}-{words[:40].strip('-') or 'empty'}"
 
 
-def run(args: argparse.Namespace) -> int:
+def _fail(message: str) -> int:
+    print(f"clipsr upscale: {message}", file=sys.stderr)
+    return 2
+
+
+def run_files(args: argparse.Namespace) -> int:
+    """Single files in this process (as before), the model from a directory or the registry."""
     from clipsr.checkpoint import CheckpointError
-    from clipsr.inference import SuperResolver, prompt_grid
+    from clipsr.inference import prompt_grid
+    from jobs.tracking import ModelNotFound, TrackingUnavailable, check_tracking_uri, load_resolver
 
     try:
-        resolver = SuperResolver.from_checkpoint(args.checkpoint, device=args.device)
-    except CheckpointError as err:
-        print(f"clipsr upscale: {err}", file=sys.stderr)
-        return 2
-    if args.scale != resolver.scale:
-        print(
-            f"clipsr upscale: --scale {args.scale} but {args.checkpoint} is a "
-            f"{resolver.scale}x model; pass --scale {resolver.scale} or another checkpoint",
-            file=sys.stderr,
+        if args.model.startswith(("models:", "runs:")) and args.tracking_uri:
+            check_tracking_uri(args.tracking_uri)
+        resolver = load_resolver(args.model, args.device, tracking_uri=args.tracking_uri)
+    except (CheckpointError, ModelNotFound, TrackingUnavailable) as err:
+        return _fail(str(err))
+    if args.scale is not None and args.scale != resolver.scale:
+        return _fail(
+            f"--scale {args.scale} but {args.model} is a {resolver.scale}x model; "
+            f"pass --scale {resolver.scale} or another model"
         )
-        return 2
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     failed = 0
@@ -90,13 +120,60 @@ def run(args: argparse.Namespace) -> int:
     return 1 if failed else 0
 
 
+def run_batch(args: argparse.Namespace) -> int:
+    """A folder or a shard set through pipelines.batch_upscale (Ray Data, or --local)."""
+    from pipelines.batch_upscale import BatchConfigError, run_batch_upscale
+
+    try:
+        result = run_batch_upscale(
+            args.model,
+            args.out,
+            input_dir=args.input_dir,
+            shards=args.shards,
+            split=args.split,
+            prompt=args.prompt[0] if args.prompt else None,
+            out_format=args.out_format,
+            scale=args.scale,
+            tracking_uri=args.tracking_uri,
+            endpoint_url=args.endpoint_url,
+            gpu=args.gpu,
+            workers=args.workers,
+            batch_size=args.batch_size,
+            use_ray=not args.local,
+            device=args.device,
+        )
+    except BatchConfigError as err:
+        return _fail(str(err))
+    reasons = ", ".join(f"{n} {r}" for r, n in result.reasons.items())
+    print(
+        f"clipsr upscale: {result.written} written, {result.skipped} skipped"
+        + (f" ({reasons}; see {result.out}/skipped.jsonl)" if reasons else "")
+        + f" -> {result.out} with {result.model_uri} in {result.seconds:.1f}s",
+        file=sys.stderr,
+    )
+    return 1 if result.skipped else 0
+
+
 def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
-    if any(p is None for p in args.prompt):
-        parser.error("--prompt needs a value")
-    return run(args)
+    if (args.model is None) == (args.checkpoint is None):
+        parser.error("give the model as --model URI (or --checkpoint DIR), once")
+    args.model = args.model or args.checkpoint
+    args.tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
+    batch = args.input_dir is not None or args.shards is not None
+    if batch and args.inputs:
+        parser.error("give image files, or --input-dir / --shards, not both")
+    if batch and len(args.prompt or []) > 1:
+        parser.error("several --prompt make a prompt-editing grid: give single image files")
+    if not batch and not args.inputs:
+        parser.error("give image files, --input-dir DIR or --shards PATH")
+    if not batch and (not args.prompt or any(p is None for p in args.prompt)):
+        parser.error("--prompt is required for single image files")
+    if not batch and args.out_format != "files":
+        parser.error("--out-format shards needs --input-dir or --shards")
+    return run_batch(args) if batch else run_files(args)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,9 @@
 import json
+import os
+import shutil
 import subprocess
 import sys
+import uuid
 from pathlib import Path
 
 import numpy as np
@@ -8,6 +11,7 @@ import pytest
 from PIL import Image
 from skimage import data
 
+from clipsr.inference import SuperResolver
 from tests.conftest import text_sensitive_checkpoint
 
 CLIPSR = str(Path(sys.executable).with_name("clipsr"))
@@ -147,3 +151,83 @@ def test_cli_lists_commands_and_rejects_unknown():
         timeout=120,
     )
     assert res.returncode == 0 and "--checkpoint" in res.stdout
+
+
+# -- the model from the MLflow registry (a real `mlflow server`, artifacts on S3) ---------------
+@pytest.fixture(scope="module")
+def champion(mlflow_server, checkpoint) -> str:
+    """The tiny checkpoint registered from a run as version 1 of a new model, @champion."""
+    import mlflow
+
+    from jobs.tracking import RunTracker, log_generator_model
+
+    tracker = RunTracker(mlflow_server.uri)
+    tracker.start("clipsr-upscale", "train-x4", {"scale": 4}, None, system_metrics=False)
+    name = f"clipsr-upscale-{uuid.uuid4().hex[:8]}"
+    try:
+        _, version = log_generator_model(checkpoint, name, {"scales": "4"})
+    finally:
+        tracker.end()
+        mlflow.set_tracking_uri(None)
+    mlflow.MlflowClient(mlflow_server.uri).set_registered_model_alias(name, "champion", version)
+    return name
+
+
+def test_model_from_the_registry_champion(champion, mlflow_server, mlflow_tmpdir, checkpoint,
+                                          photos, tmp_path):  # fmt: skip
+    lr = Image.open(photos / "astronaut.png").convert("RGB")
+    resolver = SuperResolver.from_checkpoint(checkpoint, device="cpu")
+    expected = np.asarray(resolver.upscale(lr, "an astronaut"))
+    uri = f"models:/{champion}@champion"
+    args = ["--model", uri, "--prompt", "an astronaut", str(photos / "astronaut.png")]
+    res = run("upscale", *args, "--tracking-uri", mlflow_server.uri, "--out", str(tmp_path))
+    assert res.returncode == 0, res.stderr  # no --scale: the model's
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "astronaut_x4.png")), expected)
+    # the same from MLFLOW_TRACKING_URI, and a version instead of the alias
+    env = {**os.environ, "MLFLOW_TRACKING_URI": mlflow_server.uri}
+    args[1] = f"models:/{champion}/1"
+    res = subprocess.run(
+        [CLIPSR, "upscale", *args, "--out", str(tmp_path / "v1")],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert res.returncode == 0, res.stderr
+    assert np.array_equal(np.asarray(Image.open(tmp_path / "v1" / "astronaut_x4.png")), expected)
+
+
+def test_batch_from_the_registry_on_ray(champion, mlflow_server, mlflow_tmpdir, ray_session,
+                                        checkpoint, photos, tmp_path):  # fmt: skip
+    """The actors load models:/NAME@champion (pinned to its version) and give the same images."""
+    from jobs.upscale import main
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    shutil.copy(photos / "chelsea.jpg", folder)
+    (folder / "chelsea.txt").write_text("a tabby cat\n")
+    out = tmp_path / "out"
+    uri = f"models:/{champion}@champion"
+    args = ["--model", uri, "--tracking-uri", mlflow_server.uri, "--input-dir", str(folder)]
+    assert main([*args, "--out", str(out)]) == 0
+    lr = Image.open(folder / "chelsea.jpg").convert("RGB")
+    expected = SuperResolver.from_checkpoint(checkpoint, device="cpu").upscale(lr, "a tabby cat")
+    got = np.asarray(Image.open(out / "chelsea_x4.png"), dtype=int)
+    assert np.abs(got - np.asarray(expected, dtype=int)).max() <= 1  # other thread counts
+    record = json.loads((out / "upscaled.jsonl").read_text())
+    assert record["caption"] == "a tabby cat" and (out / "skipped.jsonl").read_text() == ""
+
+
+def test_bad_model_and_mode_are_config_errors(champion, mlflow_server, mlflow_tmpdir, photos,
+                                              tmp_path, capsys):  # fmt: skip
+    from jobs.upscale import main
+
+    common = ["--tracking-uri", mlflow_server.uri, "--out", str(tmp_path), "--prompt", "x"]
+    image = str(photos / "astronaut.png")
+    assert main(["--model", f"models:/{champion}@nope", *common, image]) == 2
+    assert f"models:/{champion}@nope" in capsys.readouterr().err
+    assert main(["--model", f"models:/{champion}@nope", *common, "--input-dir", str(photos)]) == 2
+    assert "cannot resolve" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["--model", "a", "--checkpoint", "b", *common, image])
+    assert exit_.value.code == 2 and "--checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit) as exit_:
+        main(["--model", "a", *common, image, "--input-dir", str(photos)])
+    assert exit_.value.code == 2 and "not both" in capsys.readouterr().err
