@@ -30,7 +30,7 @@ from clipsr.inference import SuperResolver
 from clipsr.metrics import LPIPS, bicubic_upscale, clip_score, psnr, ssim, tensor_to_uint8
 
 # A private reader of clipsr.shard_dataset, so that keys and "first caption" are the same here.
-from clipsr.shard_dataset import _captions, _iter_samples, iter_eval_batches
+from clipsr.shard_dataset import iter_eval_batches, iter_samples, sample_captions
 
 Opener = Callable[[str], BinaryIO]
 DECIMALS = 6
@@ -83,10 +83,10 @@ def read_captions(unit: Unit, opener: Opener) -> list[tuple[str, str]]:
     """``(key, first caption)`` of the unit's samples, in tar order (reads no image)."""
     keep = {"txt", "captions.json"}.__contains__
     out = []
-    for sample in _iter_samples(unit.url, opener, keep):
+    for sample in iter_samples(unit.url, opener, keep):
         if len(out) == unit.count:
             break
-        out.append((sample.key, _captions(sample)[0]))
+        out.append((sample.key, sample_captions(sample)[0]))
     if len(out) != unit.count:
         raise ValueError(
             f"{unit.url}: the manifest lists at least {unit.count} samples, the tar has {len(out)}"

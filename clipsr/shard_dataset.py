@@ -52,7 +52,7 @@ def _join(root: str, name: str) -> str:
 
 
 @dataclass
-class _Sample:  # the members a reader needs of one sample (extension -> bytes)
+class ShardSample:  # the members a reader needs of one sample (extension -> bytes)
     url: str
     key: str
     members: dict[str, bytes]
@@ -60,7 +60,7 @@ class _Sample:  # the members a reader needs of one sample (extension -> bytes)
 
 @dataclass
 class _Pick:  # a sample placed in a batch, with its augmentation draws
-    sample: _Sample
+    sample: ShardSample
     flip: bool
     caption_u: float  # uniform in [0, 1): which caption
 
@@ -70,7 +70,7 @@ def _member_filter(scales: Iterable[int]) -> Callable[[str], bool]:
     return lambda ext: ext in wanted or ext.startswith("hr.")
 
 
-def _iter_samples(url: str, opener: Opener, keep: Callable[[str], bool]) -> Iterator[_Sample]:
+def iter_samples(url: str, opener: Opener, keep: Callable[[str], bool]) -> Iterator[ShardSample]:
     """Stream a tar (mode ``r|``) and group consecutive members by key (basename to first dot)."""
     with opener(url) as f, tarfile.open(fileobj=f, mode="r|") as tar:
         key, members = None, {}
@@ -81,15 +81,15 @@ def _iter_samples(url: str, opener: Opener, keep: Callable[[str], bool]) -> Iter
             stem, _, ext = base.partition(".")
             if posixpath.join(folder, stem) != key:
                 if key is not None:
-                    yield _Sample(url, key, members)
+                    yield ShardSample(url, key, members)
                 key, members = posixpath.join(folder, stem), {}
             if keep(ext):
                 members[ext] = tar.extractfile(info).read()
         if key is not None:
-            yield _Sample(url, key, members)
+            yield ShardSample(url, key, members)
 
 
-def _lr_bytes(sample: _Sample, scale: int) -> bytes:
+def _lr_bytes(sample: ShardSample, scale: int) -> bytes:
     data = sample.members.get(lr_member(scale))
     if data is None:
         raise ValueError(
@@ -99,14 +99,14 @@ def _lr_bytes(sample: _Sample, scale: int) -> bytes:
     return data
 
 
-def _hr_bytes(sample: _Sample) -> bytes:
+def _hr_bytes(sample: ShardSample) -> bytes:
     data = next((d for ext, d in sample.members.items() if ext.startswith("hr.")), None)
     if data is None:
         raise ValueError(f"{sample.url}: sample {sample.key!r} has no hr image")
     return data
 
 
-def _captions(sample: _Sample) -> list[str]:
+def sample_captions(sample: ShardSample) -> list[str]:
     if "captions.json" in sample.members:
         captions = json.loads(sample.members["captions.json"])
         if captions:
@@ -116,7 +116,7 @@ def _captions(sample: _Sample) -> list[str]:
     raise ValueError(f"{sample.url}: sample {sample.key!r} has no caption")
 
 
-def _decode(data: bytes, sample: _Sample, what: str) -> np.ndarray:
+def _decode(data: bytes, sample: ShardSample, what: str) -> np.ndarray:
     """Encoded image -> HxWx3 uint8 RGB."""
     image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
@@ -139,7 +139,7 @@ def _decode_batch(scale: int, picks: list[_Pick]) -> dict[str, Any]:
             hr, lr = hr[:, ::-1], lr[:, ::-1]
         hrs.append(hr)
         lrs.append(lr)
-        options = _captions(pick.sample)
+        options = sample_captions(pick.sample)
         captions.append(options[min(int(pick.caption_u * len(options)), len(options) - 1)])
     keys = [p.sample.key for p in picks]
     return {
@@ -214,13 +214,13 @@ class TrainingBatchStream(IterableDataset):
                 picks.append(_Pick(sample, flip, rng.random() if self.random_caption else 0.0))
             yield scale, picks
 
-    def _resampled_samples(self, rng: np.random.Generator) -> Iterator[_Sample]:
+    def _resampled_samples(self, rng: np.random.Generator) -> Iterator[ShardSample]:
         """Samples of shards drawn with replacement, through a seeded shuffle buffer."""
         keep, buffer, empty_reads = _member_filter(self.scales), [], 0
         while True:
             url = self.urls[int(rng.integers(len(self.urls)))]
             count = 0
-            for sample in _iter_samples(url, self.opener, keep):
+            for sample in iter_samples(url, self.opener, keep):
                 count += 1
                 if self.shuffle_buffer <= 1:
                     yield sample
@@ -247,7 +247,7 @@ def iter_eval_batches(
     if batch_size < 1:
         raise ValueError("batch_size must be >= 1")
     keep, opener = _member_filter([scale]), opener or _open_file
-    samples = itertools.chain.from_iterable(_iter_samples(u, opener, keep) for u in urls)
+    samples = itertools.chain.from_iterable(iter_samples(u, opener, keep) for u in urls)
     if limit is not None:
         samples = itertools.islice(samples, limit)
     while picks := [_Pick(s, False, 0.0) for s in itertools.islice(samples, batch_size)]:

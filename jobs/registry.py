@@ -156,9 +156,9 @@ def rollback_tags(restored: str, demoted: str, reason: str) -> tuple[dict, dict]
 
 
 def _checkpoint_dir(model_dir: Path, uri: str) -> Path:
-    from jobs.tracking import _checkpoint_in
+    from jobs.tracking import checkpoint_in
 
-    return _checkpoint_in(model_dir, uri)
+    return checkpoint_in(model_dir, uri)
 
 
 def verify_version_artifacts(tracking_uri: str, name: str, version: str) -> None:

@@ -238,7 +238,7 @@ def log_generator_model(
     return info.model_uri, version
 
 
-def _checkpoint_in(model_dir: Path, model_uri: str) -> Path:
+def checkpoint_in(model_dir: Path, model_uri: str) -> Path:
     """The checkpoint directory of a downloaded pyfunc model (or ``model_dir`` itself)."""
     import yaml
 
@@ -270,7 +270,7 @@ def load_resolver(
     if model_uri.startswith("file://") or ("://" not in model_uri and ":/" not in model_uri):
         if not local.exists():
             raise CheckpointError(f"checkpoint directory not found: {local}")
-        return SuperResolver.from_checkpoint(_checkpoint_in(local, model_uri), device)
+        return SuperResolver.from_checkpoint(checkpoint_in(local, model_uri), device)
     import mlflow
     from mlflow.exceptions import MlflowException
 
@@ -287,7 +287,7 @@ def load_resolver(
         except (MlflowException, OSError) as err:
             message = getattr(err, "message", None) or str(err)
             raise ModelNotFound(f"cannot fetch model {model_uri}: {message}") from None
-        checkpoint = _checkpoint_in(Path(path), model_uri)
+        checkpoint = checkpoint_in(Path(path), model_uri)
         try:
             return SuperResolver.from_checkpoint(checkpoint, device)
         except CheckpointError as err:

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 
 from clipsr.images import ImageRejected, decode_image
-from clipsr.shard_dataset import _iter_samples
+from clipsr.shard_dataset import iter_samples
 from clipsr.shards import SIZES, ShardSample, lr_member, sample_key, write_tar
 from pipelines import storage
 from pipelines.sources.base import CAPTION_MISSING, captions_from_bytes, strip_ext
@@ -210,7 +210,7 @@ def read_chunk(row: dict[str, Any], cfg: BatchUpscaleConfig) -> dict[str, Any]:
     lr = lr_member(cfg.scale)
     try:  # a shard's samples, in tar order
         keep = {lr, "txt"}.__contains__
-        for s in _iter_samples(url, lambda u: storage.open_read(u, cfg.opts), keep):
+        for s in iter_samples(url, lambda u: storage.open_read(u, cfg.opts), keep):
             sample = {"input": f"{url}#{s.key}", "name": s.key, "key": s.key}
             if lr not in s.members:
                 chunk.add(sample | {"reason": "lr_missing", "detail": f"no {lr} member"})
