@@ -93,6 +93,8 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
     if tp is str:
         if isinstance(value, str):
             return value
+        if isinstance(value, int) and not isinstance(value, bool):
+            return str(value)  # `version=3`, `run.name=2024`: YAML reads them as integers
         raise ConfigError(f"{key}: expected a string, got {value!r}")
     if tp is dict or origin is dict:
         if isinstance(value, dict):

@@ -131,3 +131,18 @@ def test_an_override_keeps_the_other_values_of_a_nested_default_factory():
 
     assert from_dict(Outer, {}, ["inner.b=y"]).inner == Inner(a=5, b="y")
     assert from_dict(Outer, {}).inner == Inner(a=5, b="x")
+
+
+def test_a_string_field_takes_an_integer_as_its_text_but_not_a_float_or_bool():
+    import dataclasses
+
+    from clipsr.config_loader import ConfigError, from_dict
+
+    @dataclasses.dataclass
+    class Cfg:
+        version: str = ""
+
+    assert from_dict(Cfg, {}, ["version=3"]).version == "3"
+    for bad in ("version=1.10", "version=true"):
+        with pytest.raises(ConfigError, match="version: expected a string"):
+            from_dict(Cfg, {}, [bad])

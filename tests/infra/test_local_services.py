@@ -1,0 +1,189 @@
+"""infra/local/services.sh: up starts a real moto S3 store, MLflow server and Ray head on
+127.0.0.1 that answer (and reach each other), refuses taken ports by name, and down stops
+every process it started, twice in a row."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import socket
+import subprocess
+import sys
+import tempfile
+import textwrap
+import uuid
+from pathlib import Path
+
+import psutil
+import pytest
+
+from tests.services import free_port
+
+pytestmark = pytest.mark.integration
+
+ROOT = Path(__file__).resolve().parents[2]
+SCRIPT = ROOT / "infra" / "local" / "services.sh"
+
+
+def services(command: str, env: dict[str, str], timeout: float = 180):
+    return subprocess.run(
+        ["bash", str(SCRIPT), command], env=env, capture_output=True, text=True, timeout=timeout
+    )
+
+
+def services_env(state: Path, ray_temp: str, **ports: int) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
+    env |= {
+        "CLIPSR_SERVICES_DIR": str(state),
+        "CLIPSR_S3_PORT": str(ports.get("s3") or free_port()),
+        "CLIPSR_MLFLOW_PORT": str(ports.get("mlflow") or free_port()),
+        "CLIPSR_RAY_PORT": str(ports.get("ray") or free_port()),
+        "CLIPSR_S3_BUCKET": "clipsr-services-test",
+        "CLIPSR_RAY_NUM_CPUS": "1",
+        "CLIPSR_RAY_TEMP_DIR": ray_temp,  # short: Ray's AF_UNIX socket paths
+    }
+    return env
+
+
+def sourced(env_sh: Path) -> dict[str, str]:
+    """The variables that ``source env.sh`` sets in a clean bash."""
+    out = subprocess.run(
+        ["bash", "-c", f"source {env_sh} && env -0"], env={}, capture_output=True, check=True
+    ).stdout.decode()
+    return dict(item.split("=", 1) for item in out.split("\0") if "=" in item)
+
+
+def group_alive(pgid: int) -> bool:
+    for proc in psutil.process_iter(["pid"]):
+        try:
+            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
+                return True
+        except (ProcessLookupError, psutil.Error):
+            continue
+    return False
+
+
+@pytest.fixture
+def ray_temp():
+    path = tempfile.mkdtemp(prefix="clipsr-ray-", dir="/tmp")
+    yield path
+    shutil.rmtree(path, ignore_errors=True)
+
+
+RAY_DRIVER = textwrap.dedent(
+    """
+    import os, ray
+    ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
+
+    @ray.remote
+    def probe(bucket):
+        import boto3  # the worker's own environment: the head's, from services.sh
+        body = boto3.client("s3").get_object(Bucket=bucket, Key="probe.txt")["Body"].read()
+        return body.decode(), os.environ["MLFLOW_TRACKING_URI"], ray.util.get_node_ip_address()
+
+    print("RESULT", *ray.get(probe.remote(os.environ["CLIPSR_S3_BUCKET"])))
+    """
+)
+
+
+def test_up_answers_then_down_stops_everything(tmp_path, ray_temp):
+    import boto3
+    from mlflow import MlflowClient
+
+    env = services_env(tmp_path / "state", ray_temp)
+    pgids: dict[str, int] = {}
+    up = services("up", env)
+    try:
+        assert up.returncode == 0, up.stderr
+        env_sh = tmp_path / "state" / "env.sh"
+        assert up.stdout == env_sh.read_text()
+        svc = sourced(env_sh)
+        s3_url = f"http://127.0.0.1:{env['CLIPSR_S3_PORT']}"
+        assert svc["AWS_ENDPOINT_URL"] == svc["MLFLOW_S3_ENDPOINT_URL"] == s3_url
+        assert svc["MLFLOW_TRACKING_URI"] == f"http://127.0.0.1:{env['CLIPSR_MLFLOW_PORT']}"
+        assert svc["RAY_ADDRESS"] == f"127.0.0.1:{env['CLIPSR_RAY_PORT']}"
+        for name in ("s3", "mlflow", "ray"):
+            pgids[name] = int((tmp_path / "state" / f"{name}.pid").read_text())
+
+        # S3: put/get in the bucket that up created, with the printed endpoint and fake keys
+        s3 = boto3.client(
+            "s3",
+            endpoint_url=svc["AWS_ENDPOINT_URL"],
+            aws_access_key_id=svc["AWS_ACCESS_KEY_ID"],
+            aws_secret_access_key=svc["AWS_SECRET_ACCESS_KEY"],
+            region_name=svc["AWS_DEFAULT_REGION"],
+        )
+        bucket = svc["CLIPSR_S3_BUCKET"]
+        body = b"hello from the test"
+        s3.put_object(Bucket=bucket, Key="probe.txt", Body=body)
+        assert s3.get_object(Bucket=bucket, Key="probe.txt")["Body"].read() == body
+
+        # MLflow: an experiment and a run; its artifact lands in the bucket through the proxy
+        client = MlflowClient(svc["MLFLOW_TRACKING_URI"])
+        experiment = client.create_experiment(f"services-{uuid.uuid4().hex[:8]}")
+        run = client.create_run(experiment)
+        artifact = tmp_path / "note.txt"
+        artifact.write_text("artifact")
+        client.log_artifact(run.info.run_id, str(artifact))
+        assert [f.path for f in client.list_artifacts(run.info.run_id)] == ["note.txt"]
+        keys = [o["Key"] for o in s3.list_objects_v2(Bucket=bucket)["Contents"]]
+        assert any(k.startswith("mlartifacts/") and k.endswith("/note.txt") for k in keys), keys
+
+        # Ray: a separate driver joins the head; its task reaches S3 with the head's environment
+        driver = subprocess.run(
+            [sys.executable, "-c", RAY_DRIVER],
+            env={**env, **svc},
+            cwd=tmp_path,
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert driver.returncode == 0, driver.stderr[-3000:]
+        result = driver.stdout.split("RESULT", 1)[1].split()
+        assert result == ["hello", "from", "the", "test", svc["MLFLOW_TRACKING_URI"], "127.0.0.1"]
+
+        status = services("status", env)
+        assert status.returncode == 0, status.stdout + status.stderr
+        assert status.stdout.count(" up (process group") == 3
+
+        again = services("up", env)  # idempotent: nothing new starts, the same environment
+        assert again.returncode == 0, again.stderr
+        assert again.stderr.count("already running") == 3 and again.stdout == up.stdout
+    finally:
+        down = services("down", env)
+    assert down.returncode == 0, down.stderr
+    assert not [n for n, pgid in pgids.items() if group_alive(pgid)]
+    for name in ("s3", "mlflow", "ray"):
+        port = int(env[f"CLIPSR_{name.upper()}_PORT"])
+        with socket.socket() as sock:
+            assert sock.connect_ex(("127.0.0.1", port)) != 0, f"{name} still listens on {port}"
+        assert not (tmp_path / "state" / f"{name}.pid").exists()
+    second = services("down", env)
+    assert second.returncode == 0 and "nothing running" in second.stderr
+    assert services("status", env).returncode == 1
+
+
+def test_taken_port_fails_naming_the_port_and_its_variable(tmp_path, ray_temp):
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        port = busy.getsockname()[1]
+        env = services_env(tmp_path / "state", ray_temp, mlflow=port)
+        up = services("up", env, timeout=60)
+    assert up.returncode == 2
+    assert f"port {port} on 127.0.0.1 for the MLflow server is already in use" in up.stderr
+    assert "CLIPSR_MLFLOW_PORT=" in up.stderr
+    assert not list((tmp_path / "state").glob("*.pid"))  # nothing was started
+
+
+def test_a_service_that_fails_to_start_stops_the_others(tmp_path, ray_temp):
+    env = services_env(tmp_path / "state", ray_temp) | {"CLIPSR_RAY_NUM_CPUS": "many"}
+    up = services("up", env)
+    assert up.returncode == 1
+    assert "Ray head failed: ray exited" in up.stderr and "--num-cpus" in up.stderr  # its log
+    assert "stopping the services this command started" in up.stderr
+    assert not list((tmp_path / "state").glob("*.pid"))
+    for name in ("s3", "mlflow"):
+        with socket.socket() as sock:
+            port = int(env[f"CLIPSR_{name.upper()}_PORT"])
+            assert sock.connect_ex(("127.0.0.1", port)) != 0, f"{name} still listens"
