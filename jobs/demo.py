@@ -45,6 +45,10 @@ def _fingerprint(*parts: Any) -> str:
     return hashlib.sha256(json.dumps(parts, sort_keys=True, default=str).encode()).hexdigest()
 
 
+class DemoStageFailed(RuntimeError):
+    """A stage ran but did not reach its goal (e.g. promotion gates refused the model)."""
+
+
 class Stages:
     """Runs named stages once: a stage whose fingerprint matches a finished one is reused."""
 
@@ -132,7 +136,7 @@ class Demo:
         tcfg = load_train_config(_path(model.train_config), overrides)
         result = run_train(tcfg)
         if result.model_version is None:
-            raise RuntimeError(f"training {corpus} registered no model version")
+            raise DemoStageFailed(f"training {corpus} registered no model version")
         return {
             "run_id": result.run_id,
             "checkpoint": result.checkpoint,
@@ -181,7 +185,11 @@ class Demo:
         )
         result = run_promote(pcfg)
         if result.action not in ("promoted", "first_champion", "noop"):
-            raise RuntimeError(f"promotion of {trained['registered_model']}: {result.reasons}")
+            reasons = "; ".join(result.reasons)
+            raise DemoStageFailed(
+                f"promotion of {trained['registered_model']} version {trained['version']} was "
+                f"refused: {reasons} (gates: {model.promote_config})"
+            )
         return {"action": result.action, "alias": f"{trained['registered_model']}@champion"}
 
     def upscale(self, corpus: str, model: DemoModelConfig, trained: dict, shards: str) -> dict:
@@ -199,10 +207,10 @@ class Demo:
             endpoint_url=self.cfg.endpoint_url,
         )
         resolver = load_resolver(uri, "cpu", tracking_uri=self.tracking_uri)
-        grid = self._prompt_grid(resolver, corpus, model.prompts, shards, out)
+        grid = self._prompt_grid(resolver, corpus, model, shards, out)
         return {"model_uri": uri, "written": batch.written, "out": str(out), "grid": grid}
 
-    def _prompt_grid(self, resolver, corpus: str, prompts: list[str], shards: str, out: Path):
+    def _prompt_grid(self, resolver, corpus: str, model: DemoModelConfig, shards: str, out: Path):
         from clipsr.inference import prompt_grid, tensor_to_image
         from clipsr.shard_dataset import iter_eval_batches, read_dataset_manifest, shard_urls
         from pipelines import storage
@@ -213,7 +221,7 @@ class Demo:
         urls = shard_urls(shards, "test", manifest)
         batch = next(iter_eval_batches(urls, resolver.scale, 1, limit=1, opener=_opener(opts)))
         lr = tensor_to_image(batch["lr"][0])
-        texts = [p.replace("{caption}", batch["captions"][0]) for p in prompts]
+        texts = edited_prompts(model.prompts, model.prompt_swaps, batch["captions"][0])
         results, scores = resolver.prompt_edit(lr, texts)
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"{corpus}_prompt_editing.png"
@@ -245,7 +253,7 @@ class Demo:
         )
         upscaled = st.run(
             f"upscale x{scale}",
-            _fingerprint(trained, model.prompts),
+            _fingerprint(trained, model.prompts, model.prompt_swaps),
             lambda: self.upscale(corpus, model, trained, shards),
         )
         return {
@@ -292,6 +300,18 @@ def _opener(opts):
     from pipelines import storage
 
     return lambda url: storage.open_read(url, opts)
+
+
+def edited_prompts(prompts: list[str], swaps: list[str], caption: str) -> list[str]:
+    """``prompts`` with ``{caption}`` filled in, then ``caption`` with its first word of
+    ``swaps`` replaced by each other word of ``swaps`` (nothing when it has none)."""
+    texts = [p.replace("{caption}", caption) for p in prompts]
+    words = caption.split()
+    found = next((w for w in swaps if w in words), None)
+    if found is not None:
+        at = words.index(found)
+        texts += [" ".join([*words[:at], w, *words[at + 1 :]]) for w in swaps if w != found]
+    return texts
 
 
 def checks(results: dict) -> dict[str, bool]:
@@ -366,11 +386,21 @@ def main(argv: list[str] | None = None) -> int:
         print(f"clipsr demo: {err}", file=sys.stderr)
         return 2
     print(f"clipsr demo: {to_dict(cfg)}")
-    with warnings.catch_warnings():
-        from clipsr.clip_backbone import RandomClipWeightsWarning
+    from clipsr.checkpoint import CheckpointError
+    from clipsr.clip_backbone import RandomClipWeightsWarning
+    from jobs.tracking import ModelNotFound, TrackingUnavailable
+    from jobs.train import TrainingFailed
 
+    with warnings.catch_warnings():
         warnings.simplefilter("once", RandomClipWeightsWarning)
-        results = Demo(cfg).run()
+        try:
+            results = Demo(cfg).run()
+        except (DemoStageFailed, TrainingFailed, TrackingUnavailable, ModelNotFound) as err:
+            print(f"clipsr demo: {err}\n(a rerun reuses the stages that finished)", file=sys.stderr)
+            return 1
+        except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as err:
+            print(f"clipsr demo: {err}", file=sys.stderr)
+            return 2
     print(format_summary(results, Path(cfg.workdir).resolve()))
     if args.check and not all(results["checks"].values()):
         return 1

@@ -19,6 +19,9 @@ class DemoModelConfig:
     promote_config: str = "configs/promote/default.yaml"
     # Prompts for the prompt-editing grid of one held-out image ("{caption}": its own caption).
     prompts: list[str] = field(default_factory=list)
+    # And its caption with one attribute word swapped: the first of these words found in the
+    # caption is replaced by each of the others in turn (the spec's editability protocol).
+    prompt_swaps: list[str] = field(default_factory=list)
 
 
 @dataclass
@@ -50,13 +53,8 @@ class DemoConfig:
     shapes: DemoModelConfig = field(
         default_factory=lambda: DemoModelConfig(
             train_config="configs/demo/shapes-x16.yaml",
-            prompts=[
-                "{caption}",
-                "red circles on a white background",
-                "red squares on a white background",
-                "red triangles on a white background",
-                "red crosses on a white background",
-            ],
+            prompts=["{caption}"],
+            prompt_swaps=["circles", "squares", "triangles", "crosses"],
         )
     )
     # Evaluation: samples per test set (0 = all).

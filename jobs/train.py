@@ -176,7 +176,9 @@ def run_train(cfg) -> TrainResult:
         raise TrainingFailed(f"training failed: {err}") from err
     metrics = dict(result.metrics or {})
     checkpoint = result.checkpoint
-    where = checkpoint.path if checkpoint is not None else "none"
+    where = "none"
+    if checkpoint is not None:  # pyarrow's S3 paths have no scheme: give users the URI
+        where = f"s3://{checkpoint.path}" if filesystem is not None else checkpoint.path
     if storage.exists(nonfinite_marker_uri(cfg), opts):
         info = json.loads(storage.read_bytes(nonfinite_marker_uri(cfg), opts))
         tracker.end("FAILED")

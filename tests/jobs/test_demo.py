@@ -43,7 +43,7 @@ def test_demo_runs_every_stage_on_services_and_reuses_them(
     opts = s3_server.options
     for corpus in ("photos", "shapes"):
         assert storage.exists(f"{s3_prefix}/shards/{corpus}/manifest.json", opts)
-    assert results["photos"]["train"]["checkpoint"].startswith(s3_prefix.removeprefix("s3://"))
+    assert results["photos"]["train"]["checkpoint"].startswith(s3_prefix + "/runs/")
 
     client = mlflow.MlflowClient(mlflow_server.uri)
     for corpus, scale in (("photos", 4), ("shapes", 16)):

@@ -36,3 +36,17 @@ def test_default_demo_config_and_the_configs_it_names_load():
 def test_bad_demo_config_fails_fast(override, key):
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         load_demo_config(None, [override])
+
+
+def test_prompt_editing_swaps_one_attribute_word():
+    from jobs.demo import edited_prompts
+
+    swaps = ["circles", "squares", "triangles"]
+    caption = "purple squares on a white background"
+    assert edited_prompts(["{caption}", "a cat"], swaps, caption) == [
+        caption,
+        "a cat",
+        "purple circles on a white background",
+        "purple triangles on a white background",
+    ]
+    assert edited_prompts(["{caption}"], swaps, "a tabby cat") == ["a tabby cat"]
