@@ -50,3 +50,13 @@ def test_prompt_editing_swaps_one_attribute_word():
         "purple triangles on a white background",
     ]
     assert edited_prompts(["{caption}"], swaps, "a tabby cat") == ["a tabby cat"]
+
+
+def test_the_demo_promote_configs_load():
+    from jobs.promote_config import load_promote_config
+
+    cfg = load_demo_config(None)
+    photos = load_promote_config(cfg.photos.promote_config, ["model=m", "version=1"])
+    shapes = load_promote_config(cfg.shapes.promote_config, ["model=m", "version=1"])
+    assert "text_gain_psnr" not in {g.metric for g in photos.gates}
+    assert "text_gain_psnr" in {g.metric for g in shapes.gates}
