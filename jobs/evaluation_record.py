@@ -20,6 +20,8 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
+from clipsr.evaluation import LPIPS_METRICS, SAMPLE_METRICS
+
 DEFAULT_EXPERIMENT = "clipsr-eval"
 TAG_KIND = "clipsr.kind"  # = "evaluation" on every evaluation run
 KIND = "evaluation"
@@ -36,23 +38,12 @@ VERSION_TAG_MANIFEST = "clipsr.eval.manifest_sha256"
 # "_y" is on the Y channel (BT.601), the rest on RGB; all after cropping metrics.crop_border.
 # The caption ablation runs the same images with the first caption of another image
 # ("mismatched") and with "" ("empty"); text_gain_* = value(true) - value(ablated) in dB.
+# Per-sample means come from clipsr.evaluation (LPIPS only when its weights are configured;
+# clip_score is SR vs its true caption with the model's own CLIP).
 METRIC_NAMES = (
     "samples",
-    "psnr",
-    "ssim",
-    "psnr_y",
-    "ssim_y",
-    "psnr_bicubic",
-    "ssim_bicubic",
-    "psnr_y_bicubic",
-    "ssim_y_bicubic",
-    "lpips",  # only when metrics.lpips_* weights are configured
-    "lpips_bicubic",
-    "clip_score",  # SR vs its true caption, with the model's own CLIP
-    "psnr_caption_mismatched",
-    "psnr_caption_empty",
-    "ssim_caption_mismatched",
-    "ssim_caption_empty",
+    *SAMPLE_METRICS,
+    *LPIPS_METRICS,
     "text_gain_psnr",  # psnr - psnr_caption_mismatched
     "text_gain_psnr_empty",  # psnr - psnr_caption_empty
 )
