@@ -30,11 +30,10 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from clipsr.config_loader import ConfigError, to_dict
 from jobs.demo_config import ROOT, DemoConfig, DemoModelConfig, load_demo_config
+from jobs.demo_summary import MODELS, SUMMARY, checks, edited_prompts, format_summary
 
 log = logging.getLogger("clipsr.demo")
 STATE = "demo_state.json"
-SUMMARY = "summary.json"
-MODELS = {"photos": 4, "shapes": 16}  # which corpus trains which scale
 
 
 def _path(path: str) -> str:
@@ -142,6 +141,9 @@ class Demo:
             "checkpoint": result.checkpoint,
             "registered_model": tcfg.tracking.registered_model,
             "version": result.model_version,
+            "clip_weights": tcfg.model.clip.pretrained
+            or tcfg.model.clip.checkpoint
+            or "none: a randomly initialised CLIP (no weights configured)",
             "metrics": {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))},
         }
 
@@ -288,7 +290,7 @@ class Demo:
         results["seconds"] = {k: round(v, 1) for k, v in st.times.items()}
         results["checks"] = checks(results)
         results["tracking_uri"] = self.tracking_uri
-        (self.workdir / SUMMARY).write_text(json.dumps(results, indent=2, sort_keys=True))
+        (self.workdir / SUMMARY).write_text(json.dumps(results, indent=2))
         return results
 
 
@@ -300,72 +302,6 @@ def _opener(opts):
     from pipelines import storage
 
     return lambda url: storage.open_read(url, opts)
-
-
-def edited_prompts(prompts: list[str], swaps: list[str], caption: str) -> list[str]:
-    """``prompts`` with ``{caption}`` filled in, then ``caption`` with its first word of
-    ``swaps`` replaced by each other word of ``swaps`` (nothing when it has none)."""
-    texts = [p.replace("{caption}", caption) for p in prompts]
-    words = caption.split()
-    found = next((w for w in swaps if w in words), None)
-    if found is not None:
-        at = words.index(found)
-        texts += [" ".join([*words[:at], w, *words[at + 1 :]]) for w in swaps if w != found]
-    return texts
-
-
-def checks(results: dict) -> dict[str, bool]:
-    """The demo's claims: 4x beats bicubic on held-out photos; at 16x on the shapes, the true
-    caption beats a mismatched one."""
-    x4 = results["photos"]["evaluate"]["metrics"]
-    x16 = results["shapes"]["evaluate"]["metrics"]
-    return {
-        "x4 photos: PSNR above bicubic": x4["x4/psnr"] > x4["x4/psnr_bicubic"],
-        "x16 shapes: true caption beats a mismatched one": x16["x16/text_gain_psnr"] > 0,
-    }
-
-
-def format_summary(results: dict, workdir: Path) -> str:
-    lines = ["", "clipsr demo: summary", ""]
-    lines.append(
-        f"{'scale':<6}{'held-out set':<14}{'n':>4}  {'PSNR SR':>8} {'bicubic':>8}  "
-        f"{'SSIM SR':>8} {'bicubic':>8}  {'text gain (mismatched / empty)':>31}"
-    )
-    for corpus, scale in MODELS.items():
-        m = results[corpus]["evaluate"]["metrics"]
-
-        def g(name: str, m=m, scale=scale) -> float:
-            return m.get(f"x{scale}/{name}", float("nan"))
-
-        label = "photographs" if corpus == "photos" else "shapes"
-        gains = f"{g('text_gain_psnr'):+.2f} dB / {g('text_gain_psnr_empty'):+.2f} dB"
-        lines.append(
-            f"{scale}x{'':<4}{label:<14}{int(g('samples')):>4}  {g('psnr'):>8.2f} "
-            f"{g('psnr_bicubic'):>8.2f}  {g('ssim'):>8.4f} {g('ssim_bicubic'):>8.4f}  {gains:>31}"
-        )
-    lines += ["", "time per stage (0 s: reused from an earlier run):"]
-    lines += [f"  {k:<20} {v:>7.1f} s" for k, v in results["seconds"].items()]
-    lines += ["", "checks:"]
-    lines += [f"  [{'ok' if v else 'FAILED'}] {k}" for k, v in results["checks"].items()]
-    lines += ["", "outputs:"]
-    for corpus in MODELS:
-        r = results[corpus]
-        lines.append(f"  {corpus}: report {r['evaluate']['report']}")
-        lines.append(f"  {corpus}: upscaled images {r['upscale']['out']}")
-        lines.append(f"  {corpus}: prompt editing {r['upscale']['grid']}")
-        lines.append(f"  {corpus}: model {r['promote']['alias']}")
-    lines.append(f"  summary: {workdir / SUMMARY}")
-    uri = results["tracking_uri"]
-    if uri.startswith("sqlite:///"):
-        lines += [
-            "",
-            "Browse runs, metrics and the registry in the MLflow UI:",
-            f"  .venv/bin/mlflow ui --backend-store-uri {uri} --host 127.0.0.1 --port 5000",
-            "  then open http://127.0.0.1:5000",
-        ]
-    else:
-        lines += ["", f"Runs and the registry are on the MLflow server {uri}"]
-    return "\n".join(lines)
 
 
 def main(argv: list[str] | None = None) -> int:
