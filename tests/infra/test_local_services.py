@@ -5,52 +5,18 @@ every process it started, twice in a row."""
 from __future__ import annotations
 
 import os
-import shutil
 import socket
 import subprocess
 import sys
-import tempfile
 import textwrap
 import uuid
-from pathlib import Path
 
 import psutil
 import pytest
 
-from tests.services import free_port
+from tests.infra.conftest import services, services_env, sourced
 
 pytestmark = pytest.mark.integration
-
-ROOT = Path(__file__).resolve().parents[2]
-SCRIPT = ROOT / "infra" / "local" / "services.sh"
-
-
-def services(command: str, env: dict[str, str], timeout: float = 180):
-    return subprocess.run(
-        ["bash", str(SCRIPT), command], env=env, capture_output=True, text=True, timeout=timeout
-    )
-
-
-def services_env(state: Path, ray_temp: str, **ports: int) -> dict[str, str]:
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("AWS_", "MLFLOW_", "RAY_"))}
-    env |= {
-        "CLIPSR_SERVICES_DIR": str(state),
-        "CLIPSR_S3_PORT": str(ports.get("s3") or free_port()),
-        "CLIPSR_MLFLOW_PORT": str(ports.get("mlflow") or free_port()),
-        "CLIPSR_RAY_PORT": str(ports.get("ray") or free_port()),
-        "CLIPSR_S3_BUCKET": "clipsr-services-test",
-        "CLIPSR_RAY_NUM_CPUS": "1",
-        "CLIPSR_RAY_TEMP_DIR": ray_temp,  # short: Ray's AF_UNIX socket paths
-    }
-    return env
-
-
-def sourced(env_sh: Path) -> dict[str, str]:
-    """The variables that ``source env.sh`` sets in a clean bash."""
-    out = subprocess.run(
-        ["bash", "-c", f"source {env_sh} && env -0"], env={}, capture_output=True, check=True
-    ).stdout.decode()
-    return dict(item.split("=", 1) for item in out.split("\0") if "=" in item)
 
 
 def group_alive(pgid: int) -> bool:
@@ -61,13 +27,6 @@ def group_alive(pgid: int) -> bool:
         except (ProcessLookupError, psutil.Error):
             continue
     return False
-
-
-@pytest.fixture
-def ray_temp():
-    path = tempfile.mkdtemp(prefix="clipsr-ray-", dir="/tmp")
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
 
 
 RAY_DRIVER = textwrap.dedent(
