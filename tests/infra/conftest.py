@@ -49,3 +49,16 @@ def ray_temp():
     path = tempfile.mkdtemp(prefix="clipsr-ray-", dir="/tmp")
     yield path
     shutil.rmtree(path, ignore_errors=True)
+
+
+def s3_client(svc: dict[str, str]):
+    """A boto3 S3 client for the store that ``env.sh`` (as read by :func:`sourced`) describes."""
+    import boto3
+
+    return boto3.client(
+        "s3",
+        endpoint_url=svc["AWS_ENDPOINT_URL"],
+        aws_access_key_id=svc["AWS_ACCESS_KEY_ID"],
+        aws_secret_access_key=svc["AWS_SECRET_ACCESS_KEY"],
+        region_name=svc["AWS_DEFAULT_REGION"],
+    )

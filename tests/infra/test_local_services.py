@@ -14,7 +14,7 @@ import uuid
 import psutil
 import pytest
 
-from tests.infra.conftest import services, services_env, sourced
+from tests.infra.conftest import s3_client, services, services_env, sourced
 
 pytestmark = pytest.mark.integration
 
@@ -46,7 +46,6 @@ RAY_DRIVER = textwrap.dedent(
 
 
 def test_up_answers_then_down_stops_everything(tmp_path, ray_temp):
-    import boto3
     from mlflow import MlflowClient
 
     env = services_env(tmp_path / "state", ray_temp)
@@ -65,13 +64,7 @@ def test_up_answers_then_down_stops_everything(tmp_path, ray_temp):
             pgids[name] = int((tmp_path / "state" / f"{name}.pid").read_text())
 
         # S3: put/get in the bucket that up created, with the printed endpoint and fake keys
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=svc["AWS_ENDPOINT_URL"],
-            aws_access_key_id=svc["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=svc["AWS_SECRET_ACCESS_KEY"],
-            region_name=svc["AWS_DEFAULT_REGION"],
-        )
+        s3 = s3_client(svc)
         bucket = svc["CLIPSR_S3_BUCKET"]
         body = b"hello from the test"
         s3.put_object(Bucket=bucket, Key="probe.txt", Body=body)

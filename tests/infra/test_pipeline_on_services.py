@@ -11,12 +11,11 @@ import json
 import subprocess
 import sys
 
-import boto3
 import pytest
 from mlflow import MlflowClient
 
 from jobs.evaluation_record import find_evaluation
-from tests.infra.conftest import ROOT, services, services_env, sourced
+from tests.infra.conftest import ROOT, s3_client, services, services_env, sourced
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -49,13 +48,7 @@ def test_demo_on_the_local_services(tmp_path, ray_temp):
         assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
         assert svc["MLFLOW_TRACKING_URI"] in first.stdout  # runs and registry on the server
 
-        s3 = boto3.client(
-            "s3",
-            endpoint_url=svc["AWS_ENDPOINT_URL"],
-            aws_access_key_id=svc["AWS_ACCESS_KEY_ID"],
-            aws_secret_access_key=svc["AWS_SECRET_ACCESS_KEY"],
-            region_name=svc["AWS_DEFAULT_REGION"],
-        )
+        s3 = s3_client(svc)
         keys = [
             o["Key"]
             for page in s3.get_paginator("list_objects_v2").paginate(Bucket=bucket)
