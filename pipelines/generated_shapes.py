@@ -89,8 +89,11 @@ def render(
     return np.asarray(canvas.reduce(SUPERSAMPLE), dtype=np.uint8)
 
 
+PLURAL = {"circle": "circles", "square": "squares", "triangle": "triangles", "cross": "crosses"}
+
+
 def caption_for(shape: str, colour: str, background: str) -> str:
-    return f"{colour} {shape}s on a {background} background"
+    return f"{colour} {PLURAL[shape]} on a {background} background"
 
 
 def generated_shapes(

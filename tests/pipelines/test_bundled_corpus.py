@@ -9,7 +9,7 @@ import numpy as np
 
 from clipsr.degradations import DegradationConfig, make_lr
 from pipelines.bundled_corpus import write_photo_tiles, write_shapes
-from pipelines.generated_shapes import SHAPES, generated_shapes, render
+from pipelines.generated_shapes import PLURAL, SHAPES, caption_for, generated_shapes, render
 from pipelines.sources import SourceConfig, build_source
 
 
@@ -27,7 +27,8 @@ def test_shapes_are_deterministic_and_captioned():
     assert all(np.array_equal(x.image, y.image) for x, y in zip(a, b))
     assert generated_shapes(2, seed=3, start=4)[1].caption == a[5].caption
     assert a[0].image.shape == (128, 128, 3) and a[0].image.dtype == np.uint8
-    assert all(f"{x.colour} {x.shape}s on a {x.background}" in x.caption for x in a)
+    assert all(f"{x.colour} {PLURAL[x.shape]} on a {x.background}" in x.caption for x in a)
+    assert caption_for("cross", "red", "grey") == "red crosses on a grey background"
 
 
 def test_a_16x_downscale_loses_the_shape_the_caption_keeps():
