@@ -17,6 +17,7 @@ import hashlib
 import json
 import logging
 import os
+import shutil
 import sys
 import time
 import warnings
@@ -81,7 +82,28 @@ class Demo:
         if not self.tracking_uri:
             self.tracking_uri = f"sqlite:///{self.workdir / 'mlflow.db'}"
         self.stages = Stages(self.workdir, cfg.fresh)
+        if cfg.fresh:
+            self._forget_training()
         self.outputs = self.workdir / "outputs"
+
+    def _forget_training(self) -> None:
+        """Delete the demo's training runs (their checkpoints), so that a fresh demo trains
+        from scratch instead of Ray Train resuming the finished run. Shards are kept: they
+        are a pure function of the corpus and the config, and preprocessing reuses them."""
+        from jobs.train_config import load_train_config
+        from pipelines import storage
+        from pipelines.storage import StorageOptions
+
+        opts = StorageOptions(endpoint_url=self.cfg.endpoint_url)
+        for corpus in MODELS:
+            name = load_train_config(_path(getattr(self.cfg, corpus).train_config)).run.name
+            run_dir = self._join("runs", name)
+            log.info("fresh: deleting the training run %s", run_dir)
+            if not storage.is_s3(run_dir):
+                shutil.rmtree(run_dir, ignore_errors=True)
+                continue
+            for uri in storage.list_files(run_dir, opts):
+                storage.delete(uri, opts)
 
     def _join(self, *parts: str) -> str:
         return "/".join([self.storage, *parts])

@@ -60,3 +60,18 @@ def test_the_demo_promote_configs_load():
     shapes = load_promote_config(cfg.shapes.promote_config, ["model=m", "version=1"])
     assert "text_gain_psnr" not in {g.metric for g in photos.gates}
     assert "text_gain_psnr" in {g.metric for g in shapes.gates}
+
+
+def test_a_fresh_demo_forgets_finished_stages_and_training_runs(tmp_path):
+    from jobs.demo import STATE, Demo
+
+    workdir = tmp_path / "demo"
+    for name in ("demo-photos-x4", "demo-shapes-x16"):
+        (workdir / "runs" / name / "checkpoint_000001").mkdir(parents=True)
+    (workdir / "runs" / "unrelated").mkdir()
+    (workdir / STATE).write_text('{"corpus": {"fingerprint": "x", "result": {}}}')
+    kept = Demo(load_demo_config(None, [f"workdir={workdir}"]))
+    assert "corpus" in kept.stages.state and (workdir / "runs" / "demo-photos-x4").is_dir()
+    fresh = Demo(load_demo_config(None, [f"workdir={workdir}", "fresh=true"]))
+    assert fresh.stages.state == {}
+    assert sorted(p.name for p in (workdir / "runs").iterdir()) == ["unrelated"]
