@@ -32,6 +32,7 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 from clipsr.config_loader import ConfigError, to_dict
 from jobs.demo_config import ROOT, DemoConfig, DemoModelConfig, load_demo_config
 from jobs.demo_summary import MODELS, SUMMARY, checks, edited_prompts, format_summary
+from jobs.ray_setup import train_runtime_env
 
 log = logging.getLogger("clipsr.demo")
 STATE = "demo_state.json"
@@ -298,7 +299,7 @@ class Demo:
                 address=cfg.ray_address or None,
                 include_dashboard=False,
                 log_to_driver=True,
-                runtime_env={"env_vars": {"OMP_NUM_THREADS": "1"}},
+                runtime_env=train_runtime_env({"OMP_NUM_THREADS": "1"}, dashboard=False),
             )
         st = self.stages
         corpora = st.run(

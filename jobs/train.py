@@ -95,6 +95,7 @@ def run_train(cfg) -> TrainResult:
     from ray.train.torch import TorchConfig, TorchTrainer
 
     from clipsr.config_loader import flatten, to_dict
+    from jobs.ray_setup import train_runtime_env
     from jobs.tracking import (
         RunTracker,
         check_tracking_uri,
@@ -136,9 +137,9 @@ def run_train(cfg) -> TrainResult:
         ray.init(
             address=cfg.run.ray_address or None,
             log_to_driver=True,
-            runtime_env={
-                "env_vars": {"OMP_NUM_THREADS": str(max(1, int(cfg.run.cpus_per_worker)))}
-            },
+            runtime_env=train_runtime_env(
+                {"OMP_NUM_THREADS": str(max(1, int(cfg.run.cpus_per_worker)))}
+            ),
         )
     resources = {"CPU": cfg.run.cpus_per_worker}
     if cfg.run.use_gpu:

@@ -47,6 +47,8 @@ def test_demo_on_the_local_services(tmp_path, ray_temp):
         first = demo(tmp_path / "demo", run_env, storage)
         assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-5000:]
         assert svc["MLFLOW_TRACKING_URI"] in first.stdout  # runs and registry on the server
+        # Ray Train's placement-group cleaner has no State API without the dashboard: quieted
+        assert "Failed to query Ray Train Controller" not in first.stdout + first.stderr
 
         s3 = s3_client(svc)
         keys = [
