@@ -60,8 +60,8 @@ def resolve_tracking_uri(configured: str, run_dir: str | Path) -> tuple[str, str
         uri = f"sqlite:///{Path(run_dir).resolve() / 'mlflow.db'}"
     if not uri.startswith("sqlite:///"):
         return uri, None
-    db = Path(uri.removeprefix("sqlite:///")).resolve()
-    return uri, (db.parent / "mlartifacts").as_uri()
+    db = Path(uri.removeprefix("sqlite:///")).resolve()  # absolute: workers run elsewhere
+    return f"sqlite:///{db}", (db.parent / "mlartifacts").as_uri()
 
 
 def check_tracking_uri(uri: str, timeout_s: float = 10) -> None:

@@ -39,6 +39,29 @@ class TrainingFailed(RuntimeError):
     """The run stopped: non-finite losses, or worker failures beyond run.max_failures."""
 
 
+def _absolute(path: str) -> str:
+    if not path or "://" in path:
+        return path
+    return str(Path(path).expanduser().resolve())
+
+
+def absolute_local_paths(cfg) -> None:
+    """Resolve the config's local paths against the driver's working directory, in place.
+
+    Ray Train runs each worker in the run's own working directory, so a relative path
+    (``data.shards: runs/shards/bundled``) would name a different place there."""
+    cfg.data.shards = _absolute(cfg.data.shards)
+    clip = cfg.model.clip
+    clip.checkpoint = _absolute(clip.checkpoint)
+    clip.cache_dir = _absolute(clip.cache_dir)
+    if clip.arch.startswith("local-dir:"):
+        clip.arch = "local-dir:" + _absolute(clip.arch.removeprefix("local-dir:"))
+    if cfg.loss.vgg16_weights != "random":
+        cfg.loss.vgg16_weights = _absolute(cfg.loss.vgg16_weights)
+    cfg.metrics.lpips_backbone_weights = _absolute(cfg.metrics.lpips_backbone_weights)
+    cfg.metrics.lpips_linear_weights = _absolute(cfg.metrics.lpips_linear_weights)
+
+
 def _storage(cfg):
     """(storage_path, pyarrow filesystem or None) for Ray Train's RunConfig."""
     path = cfg.run.storage_path
@@ -108,6 +131,7 @@ def run_train(cfg) -> TrainResult:
     from pipelines.storage import StorageOptions
 
     cfg.validate()
+    absolute_local_paths(cfg)
     manifest, train_urls, val_urls, manifest_sha = check_inputs(cfg)
     storage_path, filesystem = _storage(cfg)
     run_dir = (

@@ -109,6 +109,11 @@ def test_tracking_uri_resolution(tmp_path, monkeypatch):
     uri, artifacts = resolve_tracking_uri("", run_dir)
     assert uri == f"sqlite:///{run_dir / 'mlflow.db'}"
     assert artifacts == (run_dir / "mlartifacts").as_uri()
+    monkeypatch.chdir(tmp_path)  # a relative sqlite path becomes absolute (workers run elsewhere)
+    assert resolve_tracking_uri("sqlite:///rel/m.db", run_dir) == (
+        f"sqlite:///{tmp_path / 'rel' / 'm.db'}",
+        (tmp_path / "rel" / "mlartifacts").as_uri(),
+    )
     monkeypatch.setenv("MLFLOW_TRACKING_URI", "http://tracking:5000")
     assert resolve_tracking_uri("", run_dir) == ("http://tracking:5000", None)
     assert resolve_tracking_uri("http://cfg:5000", run_dir) == ("http://cfg:5000", None)

@@ -160,13 +160,15 @@ def test_resume_equals_uninterrupted(shards, tmp_path, ray_session):
 
 
 def test_a_killed_worker_is_restarted_from_the_last_checkpoint(shards, tmp_path):
+    """Run as a user would, from their own directory with relative paths (Ray Train runs the
+    workers elsewhere: the job must resolve them), and kill a worker mid-run."""
     cmd = [
         sys.executable,
         "-m",
         "jobs.train",
         str(TRAIN_CFG),
-        f"data.shards={shards}",
-        f"run.storage_path={tmp_path}",
+        f"data.shards={os.path.relpath(shards, tmp_path)}",
+        "run.storage_path=runs",
         "run.name=killed",
         "run.steps=12",
         "run.checkpoint_every=3",
@@ -178,10 +180,11 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(shards, tmp_path)
     ]
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     proc = subprocess.Popen(
-        cmd, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+        cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
     deadline = time.time() + 300
-    while time.time() < deadline and not list((tmp_path / "killed").glob("checkpoint_*")):
+    run_dir = tmp_path / "runs" / "killed"
+    while time.time() < deadline and not list(run_dir.glob("checkpoint_*")):
         time.sleep(0.2)
     victims = [
         p
@@ -194,6 +197,12 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(shards, tmp_path)
     assert proc.returncode == 0, out[-3000:]
     assert "train done" in out
     assert "resumed from the checkpoint at step" in out
+    # The workers logged into the embedded store beside the checkpoints, not one in their cwd.
+    import mlflow
+
+    client = mlflow.MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+    (run,) = client.search_runs(client.search_experiments()[0].experiment_id)
+    assert "loss.g_loss" in run.data.metrics, sorted(run.data.metrics)
 
 
 def test_non_finite_loss_stops_with_the_step_named(shards, tmp_path, ray_session):
