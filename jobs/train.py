@@ -51,6 +51,7 @@ def absolute_local_paths(cfg) -> None:
     Ray Train runs each worker in the run's own working directory, so a relative path
     (``data.shards: runs/shards/bundled``) would name a different place there."""
     cfg.data.shards = _absolute(cfg.data.shards)
+    cfg.run.storage_path = _absolute(cfg.run.storage_path)  # rank 0 writes the NaN marker there
     clip = cfg.model.clip
     clip.checkpoint = _absolute(clip.checkpoint)
     clip.cache_dir = _absolute(clip.cache_dir)

@@ -213,6 +213,32 @@ def test_non_finite_loss_stops_with_the_step_named(shards, tmp_path, ray_session
         run_train(cfg)
 
 
+def test_local_paths_are_resolved_against_the_driver_directory(tmp_path, monkeypatch):
+    from jobs.train import absolute_local_paths
+
+    monkeypatch.chdir(tmp_path)
+    cfg = load_train_config(
+        TRAIN_CFG,
+        [
+            "data.shards=shards",
+            "run.storage_path=runs",
+            "model.clip.checkpoint=",
+            "model.clip.cache_dir=~/hf",
+            "loss.vgg16_weights=random",
+            "metrics.lpips_backbone_weights=w/vgg.pth",
+        ],
+    )
+    absolute_local_paths(cfg)
+    assert cfg.data.shards == str(tmp_path / "shards")
+    assert cfg.run.storage_path == str(tmp_path / "runs")
+    assert cfg.model.clip.cache_dir == str(Path.home() / "hf")
+    assert cfg.metrics.lpips_backbone_weights == str(tmp_path / "w" / "vgg.pth")
+    assert (cfg.model.clip.checkpoint, cfg.loss.vgg16_weights) == ("", "random")
+    cfg = load_train_config(TRAIN_CFG, ["data.shards=s3://b/shards", "run.storage_path=s3://b/r"])
+    absolute_local_paths(cfg)
+    assert (cfg.data.shards, cfg.run.storage_path) == ("s3://b/shards", "s3://b/r")
+
+
 def test_missing_shards_and_scale_fail_before_ray(tmp_path):
     res = subprocess.run(
         [sys.executable, "-m", "jobs.train", str(TRAIN_CFG), f"data.shards={tmp_path}"],
