@@ -178,7 +178,10 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(shards, tmp_path)
         "run.max_failures=2",
         "tracking.system_metrics=false",
     ]
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    # mlflow.set_tracking_uri() in earlier tests of this process exports MLFLOW_TRACKING_URI;
+    # this run is about the embedded store, so the job must not inherit one.
+    env = {k: v for k, v in os.environ.items() if k != "MLFLOW_TRACKING_URI"}
+    env["PYTHONUNBUFFERED"] = "1"
     proc = subprocess.Popen(
         cmd, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
     )
