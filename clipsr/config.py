@@ -39,6 +39,13 @@ class ClipConfig:
     init_seed: int = 0
 
     @property
+    def uses_quick_gelu(self) -> bool:
+        """``quick_gelu``, or when null: on for OpenAI weights and ``*-quickgelu`` archs."""
+        if self.quick_gelu is not None:
+            return self.quick_gelu
+        return self.pretrained == "openai" or self.arch.endswith("-quickgelu")
+
+    @property
     def has_weights(self) -> bool:
         return bool(self.pretrained or self.checkpoint) or self.arch.startswith(
             ("hf-hub:", "local-dir:")

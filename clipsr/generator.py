@@ -186,6 +186,8 @@ class CLIPSRGenerator(nn.Module):
         self.lr_pre_upsample = g.lr_pre_upsample
         self.image_encoder = ImageEncoder(g.encoder_channels)
         self.clip_fusion = ClipFusionPath(cfg, text_dim, vit_width, grid_size)
+        if self.wiring == "release":  # kept for its keys, never run: frozen, so that DDP does
+            self.clip_fusion.requires_grad_(False)  # not wait for gradients it never gets
         self.refinement = IterativeRefinement(cfg, text_dim)
         self.head = ReconstructionHead(
             g.encoder_channels[0], g.head_channels, cfg.scale // g.lr_pre_upsample

@@ -109,3 +109,22 @@ def test_clip_output_resize_mode(tiny_clip, mode):
     )
     other = "nearest" if mode == "bilinear" else "bilinear"
     assert not torch.allclose(f_u, torch.nn.functional.interpolate(seen[0], (4, 4), mode=other))
+
+
+def test_release_wiring_freezes_the_unused_branch_and_counts_the_reference_live_parameters():
+    """At the base widths: 55,238,564 trainable in paper wiring (the reference's live count with
+    the CLIP branch wired) and 38,215,556 in release (what affects the reference's output)."""
+    from clipsr.config import CLIPSRConfig
+    from clipsr.generator import CLIPSRGenerator
+    from clipsr.training import count_parameters
+
+    counts = {}
+    for wiring in ("paper", "release"):
+        cfg = CLIPSRConfig()
+        cfg.model.generator.wiring = wiring
+        with torch.device("meta"):  # ViT-B/32 dims: text 512, width 768, grid 7x7
+            gen = CLIPSRGenerator(cfg.model, 512, 768, (7, 7))
+        counts[wiring] = count_parameters(gen)[1]
+        if wiring == "release":
+            assert not any(p.requires_grad for p in gen.clip_fusion.parameters())
+    assert counts == {"paper": 55_238_564, "release": 38_215_556}
