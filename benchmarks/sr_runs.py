@@ -90,7 +90,7 @@ class Run:
             start = time.perf_counter()
             text = self.models.clip.encode_text(captions)
             weights = self.cfg.loss.weights
-            train_step(self.models, self.optimizers, lr, hr, text, weights)
+            train_step(self.models, self.optimizers, lr, hr, text, weights, scale=scale)
             self.ema.update(self.models.generator)
             self.seconds += time.perf_counter() - start
             self.steps += 1
@@ -111,7 +111,7 @@ class Run:
                 ("psnr", [items[i].caption for i in idx]),
                 ("psnr_mismatched", [wrong[i] for i in idx]),
             ):
-                sr = gen(lr, clip.encode_text(caps), clip).clamp(-1, 1)
+                sr = gen(lr, clip.encode_text(caps), clip, scale=scale).clamp(-1, 1)
                 out[key] += [
                     psnr(tensor_to_uint8(s), items[i].image, crop_border=border)
                     for s, i in zip(sr, idx)

@@ -5,7 +5,8 @@ Layout::
     DIR/config.yaml          the resolved CLIPSRConfig
     DIR/<part>.safetensors   one file per part (generator, clip when it was randomly initialised,
                              discriminator, ... in training checkpoints)
-    DIR/checkpoint.json      format version, parts with sha256, scale, wiring, CLIP weights source;
+    DIR/checkpoint.json      format version, parts with sha256, scale (the default) and scales (all
+                             it serves), wiring, CLIP weights source;
                              written last, so a directory without it is incomplete
 """
 
@@ -55,6 +56,7 @@ def save_checkpoint(
         "format_version": FORMAT_VERSION,
         "parts": entries,
         "scale": cfg.model.scale,
+        "scales": cfg.model.all_scales,
         "wiring": cfg.model.generator.wiring,
         **(meta or {}),
     }

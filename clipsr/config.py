@@ -94,7 +94,11 @@ class DiscriminatorConfig:
 
 @dataclass
 class ModelConfig:
+    # The default scale (upscale without --scale, the head with the plain state-dict keys).
     scale: int = 4
+    # Every scale the generator serves from one set of weights (empty: [scale]); each has its
+    # own pixel-shuffle head on the shared body (see README: one model for every scale).
+    scales: list[int] = field(default_factory=list)
     hr_size: int = 256
     clip: ClipConfig = field(default_factory=ClipConfig)
     generator: GeneratorConfig = field(default_factory=GeneratorConfig)
@@ -104,25 +108,20 @@ class ModelConfig:
     def lr_size(self) -> int:
         return self.hr_size // self.scale
 
+    @property
+    def all_scales(self) -> list[int]:
+        """The scales the generator serves, ascending."""
+        return sorted(set(self.scales or [self.scale]))
+
     def validate(self) -> None:
         g = self.generator
-        if self.scale not in SUPPORTED_SCALES:
-            raise ConfigError(f"model.scale: must be one of {SUPPORTED_SCALES}, got {self.scale}")
-        if self.hr_size % self.scale:
+        if self.scales and self.scale not in self.scales:
             raise ConfigError(
-                f"model.scale: {self.scale} does not divide model.hr_size {self.hr_size}"
+                f"model.scales: {self.scales} must include model.scale ({self.scale}), the "
+                "default scale"
             )
-        pre = g.lr_pre_upsample
-        if pre < 1 or self.scale % pre or (self.scale // pre) & (self.scale // pre - 1):
-            raise ConfigError(
-                "model.generator.lr_pre_upsample: must be a power of two dividing model.scale, "
-                f"got {pre} for scale {self.scale}"
-            )
-        if (self.lr_size * pre) % 8:
-            raise ConfigError(
-                f"model.hr_size/model.scale: the LR size {self.lr_size} (x{pre} pre-upsample) "
-                "must be a multiple of 8 (the image encoder halves it three times)"
-            )
+        for scale in self.all_scales:
+            self._validate_scale(scale)
         if len(g.encoder_channels) != 4 or min(g.encoder_channels) < 1:
             raise ConfigError("model.generator.encoder_channels: expected 4 positive integers")
         if not self.clip.image_taps or min(self.clip.image_taps) < 0:
@@ -138,6 +137,25 @@ class ModelConfig:
             )
         if self.clip.checkpoint and not Path(self.clip.checkpoint).expanduser().is_file():
             raise ConfigError(f"model.clip.checkpoint: file not found: {self.clip.checkpoint}")
+
+    def _validate_scale(self, scale: int) -> None:
+        g, key = self.generator, "model.scale" if scale == self.scale else "model.scales"
+        if scale not in SUPPORTED_SCALES:
+            raise ConfigError(f"{key}: must be one of {SUPPORTED_SCALES}, got {scale}")
+        if self.hr_size % scale:
+            raise ConfigError(f"{key}: {scale} does not divide model.hr_size {self.hr_size}")
+        pre = g.lr_pre_upsample
+        if pre < 1 or scale % pre or (scale // pre) & (scale // pre - 1):
+            raise ConfigError(
+                f"model.generator.lr_pre_upsample: must be a power of two dividing {key}, "
+                f"got {pre} for scale {scale}"
+            )
+        if (self.hr_size // scale * pre) % 8:
+            raise ConfigError(
+                f"model.hr_size/{key}: the LR size {self.hr_size // scale} at {scale}x "
+                f"(x{pre} pre-upsample) must be a multiple of 8 (the image encoder halves it "
+                "three times)"
+            )
 
 
 @dataclass

@@ -7,6 +7,7 @@ Data flow (paper Fig. 2a, ``wiring='paper'``)::
     ClipFusionPath: TIFBlock(F_I, F_T) -> frozen CLIP-ViT (+ prompts) -> F_U
     IterativeRefinement: 4 x [resize, TIFBlock, TIFBlock] on F_U, + R4, R3, R2, R1 skips -> F_U'
     ReconstructionHead: F_U' (+ a global LR skip) -> pixel-shuffle x (scale / pre-upsample) -> SR
+        (one upsampler per scale of model.scales: one set of weights serves every scale)
     (optionally + the interpolated LR, ``lr_residual``; not in the reference)
 
 ``wiring='release'`` reproduces the reference code, whose first refinement stage reads R4 instead
@@ -144,11 +145,39 @@ class IterativeRefinement(nn.Module):
         return x
 
 
-class ReconstructionHead(nn.Module):
-    """G: body refinement + global LR skip, then pixel-shuffle x2 stages and a conv to RGB."""
+def _upsampler(head_ch: int, upscale: int) -> nn.Sequential:
+    """[conv3x3 -> PixelShuffle(2)] x log2(upscale), no activation (the reference's tail)."""
+    steps = int(math.log2(upscale))
+    return nn.Sequential(
+        *[
+            layer
+            for _ in range(steps)
+            for layer in (nn.Conv2d(head_ch, 4 * head_ch, 3, 1, 1), nn.PixelShuffle(2))
+        ]
+    )
 
-    def __init__(self, body_ch: int, head_ch: int, upscale: int):
+
+class ScaleHead(nn.Module):
+    """The pixel-shuffle upsampler and conv to RGB of one more scale of a multi-scale model."""
+
+    def __init__(self, head_ch: int, upscale: int):
         super().__init__()
+        self.upsample = _upsampler(head_ch, upscale)
+        self.to_rgb = nn.Conv2d(head_ch, 3, 3, 1, 1)
+
+
+class ReconstructionHead(nn.Module):
+    """G: body refinement + global LR skip, then pixel-shuffle x2 stages and a conv to RGB.
+
+    ``upscales`` maps each scale the model serves to the factor its head upsamples by (scale /
+    pre-upsample). Everything before the upsampler is shared; the default scale's upsampler and
+    conv to RGB are ``upsample``/``to_rgb`` (the keys of a single-scale model, so every
+    single-scale checkpoint loads), each other scale's are ``scale_heads["x{scale}"]``.
+    """
+
+    def __init__(self, body_ch: int, head_ch: int, upscales: dict[int, int], default: int):
+        super().__init__()
+        self.default = default
         self.lr_skip = nn.Conv2d(3, body_ch, 3, 1, 1)
         self.body = nn.Sequential(
             nn.Conv2d(body_ch, head_ch, 3, 1, 1),
@@ -160,28 +189,40 @@ class ReconstructionHead(nn.Module):
         self.before_upsample = nn.Sequential(
             nn.Conv2d(body_ch, head_ch, 3, 1, 1), nn.LeakyReLU(0.01)
         )
-        steps = int(math.log2(upscale))
-        self.upsample = nn.Sequential(
-            *[
-                layer
-                for _ in range(steps)
-                for layer in (nn.Conv2d(head_ch, 4 * head_ch, 3, 1, 1), nn.PixelShuffle(2))
-            ]
-        )
+        self.upsample = _upsampler(head_ch, upscales[default])
         self.to_rgb = nn.Conv2d(head_ch, 3, 3, 1, 1)
+        self.scale_heads = nn.ModuleDict(
+            {f"x{s}": ScaleHead(head_ch, up) for s, up in sorted(upscales.items()) if s != default}
+        )
 
-    def forward(self, body: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
-        x = self.body(body) + self.lr_skip(lr)
-        return self.to_rgb(self.upsample(self.before_upsample(x)))
+    def rgb_convs(self) -> list[nn.Conv2d]:
+        return [self.to_rgb, *(h.to_rgb for h in self.scale_heads.values())]
+
+    def forward(
+        self, body: torch.Tensor, lr: torch.Tensor, scale: int | None = None
+    ) -> torch.Tensor:
+        x = self.before_upsample(self.body(body) + self.lr_skip(lr))
+        if scale is None or scale == self.default:
+            return self.to_rgb(self.upsample(x))
+        head = self.scale_heads[f"x{scale}"]
+        return head.to_rgb(head.upsample(x))
 
 
 class CLIPSRGenerator(nn.Module):
-    """G(LR, F_T) -> SR for one scale. Images are in [-1, 1]; the output is not clamped."""
+    """G(LR, F_T) -> SR. Images are in [-1, 1]; the output is not clamped.
+
+    One set of weights serves every scale of ``model.scales`` (default: ``model.scale`` only):
+    the encoder, the CLIP fusion path, the refinement stages and the head's body run at the LR's
+    own resolution whatever the scale (they are convolutional, and the LR sizes differ by
+    scale), and each scale has its own pixel-shuffle upsampler and conv to RGB. ``forward(...,
+    scale=s)`` picks one; a multi-scale model is trained with a scale drawn per batch.
+    """
 
     def __init__(self, cfg: ModelConfig, text_dim: int, vit_width: int, grid_size: tuple[int, int]):
         super().__init__()
         g = cfg.generator
         self.scale = cfg.scale
+        self.scales = cfg.all_scales
         self.wiring = g.wiring
         self.lr_pre_upsample = g.lr_pre_upsample
         self.image_encoder = ImageEncoder(g.encoder_channels)
@@ -189,13 +230,21 @@ class CLIPSRGenerator(nn.Module):
         if self.wiring == "release":  # kept for its keys, never run: frozen, so that DDP does
             self.clip_fusion.requires_grad_(False)  # not wait for gradients it never gets
         self.refinement = IterativeRefinement(cfg, text_dim)
-        self.head = ReconstructionHead(
-            g.encoder_channels[0], g.head_channels, cfg.scale // g.lr_pre_upsample
-        )
+        upscales = {s: s // g.lr_pre_upsample for s in self.scales}
+        self.head = ReconstructionHead(g.encoder_channels[0], g.head_channels, upscales, cfg.scale)
         self.lr_residual = g.lr_residual
         if self.lr_residual != "none":  # start from the interpolated LR exactly
-            nn.init.zeros_(self.head.to_rgb.weight)
-            nn.init.zeros_(self.head.to_rgb.bias)
+            for conv in self.head.rgb_convs():
+                nn.init.zeros_(conv.weight)
+                nn.init.zeros_(conv.bias)
+
+    def check_scale(self, scale: int | None) -> int:
+        """``scale`` (default: the model's default scale), or ValueError if not served."""
+        scale = self.scale if scale is None else int(scale)
+        if scale not in self.scales:
+            served = ", ".join(f"{s}x" for s in self.scales)
+            raise ValueError(f"this model serves {served}, not {scale}x")
+        return scale
 
     def check_input(self, lr: torch.Tensor) -> None:
         if lr.ndim != 4 or lr.shape[1] != 3:
@@ -204,13 +253,19 @@ class CLIPSRGenerator(nn.Module):
         m = 8 // math.gcd(8, self.lr_pre_upsample)
         if h % m or w % m:
             raise ValueError(
-                f"LR size {h}x{w} does not fit this {self.scale}x model: height and width must "
+                f"LR size {h}x{w} does not fit this {'/'.join(f'{s}x' for s in self.scales)} "
+                "model: height and width must "
                 f"be multiples of {m} (crop or pad the image)"
             )
 
     def forward(
-        self, lr: torch.Tensor, text: torch.Tensor, clip: ClipBackbone | None = None
+        self,
+        lr: torch.Tensor,
+        text: torch.Tensor,
+        clip: ClipBackbone | None = None,
+        scale: int | None = None,
     ) -> torch.Tensor:
+        scale = self.check_scale(scale)
         self.check_input(lr)
         x = lr
         if self.lr_pre_upsample > 1:
@@ -223,7 +278,7 @@ class CLIPSRGenerator(nn.Module):
         else:  # release: the reference's GBlock(R4, c); the CLIP branch has no effect
             start = r4
         body = self.refinement(start, [r4, r3, r2, r1], text)
-        out = self.head(body, x)
+        out = self.head(body, x, scale)
         if self.lr_residual != "none":
             out = out + F.interpolate(
                 lr, size=out.shape[-2:], mode=self.lr_residual, align_corners=False

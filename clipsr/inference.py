@@ -54,8 +54,31 @@ def save_generator_checkpoint(
     return save_checkpoint(directory, cfg, parts, info)
 
 
+class ScaleView(torch.nn.Module):
+    """A generator called at one of its scales: ``view(lr, text, clip)`` is
+    ``base(lr, text, clip, scale=view.scale)`` (what :meth:`SuperResolver.for_scale` gives the
+    code that calls ``resolver.generator`` without a scale, e.g. the evaluation)."""
+
+    def __init__(self, base: CLIPSRGenerator, scale: int):
+        super().__init__()
+        self.base = base
+        self.scale = base.check_scale(scale)
+        self.scales = base.scales
+
+    def check_input(self, lr: torch.Tensor) -> None:
+        self.base.check_input(lr)
+
+    def forward(self, lr, text, clip=None, scale: int | None = None) -> torch.Tensor:
+        return self.base(lr, text, clip, scale=self.scale if scale is None else scale)
+
+
 class SuperResolver:
-    """A generator with its frozen CLIP, ready to upscale images guided by captions."""
+    """A generator with its frozen CLIP, ready to upscale images guided by captions.
+
+    ``scale`` is the scale it upscales by (the model's default); a model serving several
+    (``scales``) gives a resolver for another with :meth:`for_scale`, and the upscale methods
+    take ``scale=`` too.
+    """
 
     def __init__(
         self,
@@ -95,7 +118,20 @@ class SuperResolver:
 
     @property
     def scale(self) -> int:
-        return self.cfg.model.scale
+        return self.generator.scale
+
+    @property
+    def scales(self) -> list[int]:
+        """Every scale the model serves."""
+        return list(self.generator.scales)
+
+    def for_scale(self, scale: int | None) -> SuperResolver:
+        """This model upscaling by ``scale`` (None: the default); ValueError naming the scales
+        it serves when it does not serve ``scale``."""
+        if scale is None or scale == self.scale:
+            return self
+        base = getattr(self.generator, "base", self.generator)
+        return SuperResolver(self.cfg, ScaleView(base, scale), self.clip, self.device)
 
     def check_size(self, width: int, height: int, name: str = "image") -> None:
         """Raise ValueError naming ``name`` when the LR size does not fit the model."""
@@ -105,27 +141,30 @@ class SuperResolver:
             raise ValueError(f"{name}: {err}") from None
 
     @torch.no_grad()
-    def upscale_tensor(self, lr: torch.Tensor, prompts: list[str]) -> torch.Tensor:
+    def upscale_tensor(
+        self, lr: torch.Tensor, prompts: list[str], scale: int | None = None
+    ) -> torch.Tensor:
         """(B, 3, h, w) [-1, 1] LR and B captions -> (B, 3, h*s, w*s) SR, clamped to [-1, 1]."""
         if len(prompts) != lr.shape[0]:
             raise ValueError(f"{lr.shape[0]} images but {len(prompts)} prompts")
         text = self.clip.encode_text(prompts)
-        return self.generator(lr.to(self.device), text, self.clip).clamp(-1, 1)
+        return self.generator(lr.to(self.device), text, self.clip, scale=scale).clamp(-1, 1)
 
-    def upscale(self, image: Image.Image, prompt: str) -> Image.Image:
+    def upscale(self, image: Image.Image, prompt: str, scale: int | None = None) -> Image.Image:
         self.check_size(*image.size)
-        return tensor_to_image(self.upscale_tensor(image_to_tensor(image)[None], [prompt])[0])
+        sr = self.upscale_tensor(image_to_tensor(image)[None], [prompt], scale)
+        return tensor_to_image(sr[0])
 
     @torch.no_grad()
     def prompt_edit(
-        self, image: Image.Image, prompts: list[str]
+        self, image: Image.Image, prompts: list[str], scale: int | None = None
     ) -> tuple[list[Image.Image], list[float]]:
         """One SR per prompt, and each SR's CLIP-score against its own prompt."""
         if not prompts:
             raise ValueError("prompt editing needs at least one prompt")
         self.check_size(*image.size)
         lr = image_to_tensor(image)[None].expand(len(prompts), -1, -1, -1)
-        sr = self.upscale_tensor(lr, prompts)
+        sr = self.upscale_tensor(lr, prompts, scale)
         scores = clip_score(self.clip.image_embedding(sr), self.clip.encode_text(prompts))
         return [tensor_to_image(x) for x in sr], [float(s) for s in scores]
 

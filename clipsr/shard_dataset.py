@@ -155,7 +155,8 @@ class TrainingBatchStream(IterableDataset):
     """Infinite, seeded, resumable training batches; use ``DataLoader(stream, batch_size=None)``.
 
     Yields dicts: ``lr`` (B,3,h,w) and ``hr`` (B,3,H,W) float in [-1, 1], ``captions``,
-    ``keys`` and ``scale`` (one per batch, drawn from ``scales``).
+    ``keys`` and ``scale`` (one per batch, drawn from ``scales`` by :meth:`batch_scale`: the
+    same on every rank at the same global batch).
     """
 
     def __init__(
@@ -186,6 +187,14 @@ class TrainingBatchStream(IterableDataset):
         self.hflip, self.random_caption = hflip, random_caption
         self.opener = opener or _open_file
 
+    def batch_scale(self, index: int) -> int:
+        """The scale of global batch ``index``: drawn from (seed, index) only, so that every
+        rank trains the same scale at a step (DDP reduces the gradients of one head)."""
+        if len(self.scales) == 1:
+            return self.scales[0]
+        rng = np.random.Generator(np.random.PCG64([self.seed, 0x5CA1E, index]))
+        return self.scales[int(rng.integers(len(self.scales)))]
+
     def __iter__(self) -> Iterator[dict[str, Any]]:
         info = get_worker_info()
         worker, workers = (info.id, info.num_workers) if info is not None else (0, 1)
@@ -193,7 +202,8 @@ class TrainingBatchStream(IterableDataset):
         segment, offset = divmod(local, self.segment_batches)
         while True:
             rng = np.random.Generator(np.random.PCG64([self.seed, self.rank, stream, segment]))
-            plans = self._segment_plans(rng)
+            first = segment * self.segment_batches * workers + stream  # global index, batch 0
+            plans = self._segment_plans(rng, first, workers)
             for _ in range(offset):  # replay the draws of batches already consumed: no decoding
                 next(plans)
             for _ in range(self.segment_batches - offset):
@@ -201,11 +211,14 @@ class TrainingBatchStream(IterableDataset):
             plans.close()
             segment, offset = segment + 1, 0
 
-    def _segment_plans(self, rng: np.random.Generator) -> Iterator[tuple[int, list[_Pick]]]:
-        """One segment's batches as (scale, picks), without decoding images."""
+    def _segment_plans(
+        self, rng: np.random.Generator, first: int, step: int
+    ) -> Iterator[tuple[int, list[_Pick]]]:
+        """One segment's batches as (scale, picks), without decoding images; its k-th batch is
+        global batch ``first + k * step``."""
         samples = self._resampled_samples(rng)
-        while True:
-            scale = self.scales[int(rng.integers(len(self.scales)))]
+        for index in itertools.count(first, step):
+            scale = self.batch_scale(index)
             picks = []
             for _ in range(self.batch_size):
                 sample = next(samples)

@@ -243,19 +243,21 @@ def train_step(
     weights: LossWeights,
     precision: Precision | None = None,
     all_finite: Callable[[torch.Tensor], bool] | None = None,
+    scale: int | None = None,
 ) -> dict[str, float]:
     """One D update and one G update on a batch; returns the loss terms as floats.
 
     ``lr``/``hr`` are [-1, 1] images, ``text`` the CLIP sentence embeddings (B, D). Raises
     :class:`NonFiniteLossError` (before that update) when a loss is NaN or infinite;
     ``all_finite`` decides it (distributed: a collective over all ranks, so that every rank
-    stops at the same point instead of one waiting in an all-reduce).
+    stops at the same point instead of one waiting in an all-reduce). ``scale``: the batch's
+    scale, for a generator serving several (default: its default scale).
     """
     all_finite = all_finite or (lambda t: bool(torch.isfinite(t)))
     precision = precision or Precision()
     text = text.detach()
     with precision.autocast():
-        fake = models.generator(lr, text, models.clip)
+        fake = models.generator(lr, text, models.clip, scale=scale)
     fake = fake.float()
 
     d_loss, d_parts = discriminator_loss(models.clip, models.discriminator, hr, fake, text, weights)

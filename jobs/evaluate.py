@@ -91,8 +91,8 @@ def resolve_registered(model_uri: str, tracking_uri: str) -> tuple[str | None, s
     )
 
 
-def _shards(cfg: EvaluateConfig, scale: int) -> tuple[dict, list[tuple[str, int]]]:
-    """The shard set's manifest (checked to have ``scale``) and the split's (url, samples)."""
+def _shards(cfg: EvaluateConfig, scales: list[int]) -> tuple[dict, list[tuple[str, int]]]:
+    """The shard set's manifest (checked to have ``scales``) and the split's (url, samples)."""
     from clipsr.shard_dataset import check_scales, read_dataset_manifest, shard_urls
     from pipelines import storage
 
@@ -100,9 +100,10 @@ def _shards(cfg: EvaluateConfig, scale: int) -> tuple[dict, list[tuple[str, int]
     read = functools.partial(storage.read_bytes, opts=opts)
     manifest = read_dataset_manifest(cfg.shards, read_bytes=read)
     try:
-        check_scales(manifest, [scale])
+        check_scales(manifest, scales)
     except ValueError as err:
-        raise ValueError(f"{cfg.shards}: the model {cfg.model} is {scale}x, but {err}") from None
+        at = "/".join(f"{s}x" for s in scales)
+        raise ValueError(f"{cfg.shards}: the model {cfg.model} is {at}, but {err}") from None
     urls = shard_urls(cfg.shards, cfg.split, manifest)
     entries = [s for s in manifest["shards"] if s["split"] == cfg.split and s.get("samples", 1) > 0]
     if any("samples" not in s for s in entries):
@@ -133,23 +134,32 @@ def _device(cfg: EvaluateConfig) -> str:
     return cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
-def _evaluate(cfg: EvaluateConfig, units: list, spec: Any, resolver: Any, mode: str) -> list:
-    """Rows of every sample, computed here or on Ray."""
+def _mismatched(cfg: EvaluateConfig, units: list, mode: str) -> list[str]:
+    """The mismatched caption of every sample (the same at every scale)."""
     from clipsr.evaluation import mismatched_captions, read_captions
 
     if mode == "ray":
-        from pipelines.batch_evaluate import evaluate_ray, read_captions_ray
+        from pipelines.batch_evaluate import read_captions_ray
 
-        captions = read_captions_ray(units, cfg.endpoint_url, cfg.ray_address)
-        wrong = mismatched_captions(captions)
+        return mismatched_captions(read_captions_ray(units, cfg.endpoint_url, cfg.ray_address))
+    from pipelines.batch_evaluate import opener_for
+
+    opener = opener_for(cfg.endpoint_url)
+    return mismatched_captions([c for u in units for _, c in read_captions(u, opener)])
+
+
+def _evaluate(
+    cfg: EvaluateConfig, units: list, wrong: list[str], spec: Any, resolver: Any, mode: str
+) -> list:
+    """Rows of every sample at ``spec.scale``, computed here or on Ray."""
+    if mode == "ray":
+        from pipelines.batch_evaluate import evaluate_ray
+
         return evaluate_ray(units, wrong, spec, cfg.num_actors, cfg.ray_address)
     import torch
 
-    from pipelines.batch_evaluate import UnitEvaluator, opener_for
+    from pipelines.batch_evaluate import UnitEvaluator
 
-    opener = opener_for(cfg.endpoint_url)
-    captions = [c for u in units for _, c in read_captions(u, opener)]
-    wrong = mismatched_captions(captions)
     threads = torch.get_num_threads()
     try:
         evaluator = UnitEvaluator(spec, resolver)  # sets spec.threads
@@ -159,37 +169,42 @@ def _evaluate(cfg: EvaluateConfig, units: list, spec: Any, resolver: Any, mode: 
 
 
 def build_document(
-    model: dict, manifest_sha: str, split: str, settings: dict, rows: list[dict]
+    model: dict, manifest_sha: str, split: str, settings: dict, rows: list[dict] | dict
 ) -> dict:
-    """The content of evaluation.json: ``model`` (uri, name, version, scale), the shard set,
-    settings, the means per scale (``metrics["x4"]``) and the rounded rows (``per_sample``)."""
+    """The content of evaluation.json: ``model`` (uri, name, version, default scale), the shard
+    set, settings, the means per scale (``metrics["x4"]``) and the rounded rows
+    (``per_sample``). ``rows``: the rows at ``model["scale"]``, or ``{scale: rows}``."""
     from clipsr.evaluation import aggregate, rounded_row
 
-    by_name = aggregate(rows)
-    unknown = set(by_name) - set(METRIC_NAMES)
-    if unknown:
-        raise RuntimeError(f"metric names outside the evaluation record: {sorted(unknown)}")
-    scale = f"x{model['scale']}"
+    by_scale = rows if isinstance(rows, dict) else {model["scale"]: rows}
+    metrics, per_sample = {}, {}
+    for scale, scale_rows in sorted(by_scale.items()):
+        by_name = aggregate(scale_rows)
+        unknown = set(by_name) - set(METRIC_NAMES)
+        if unknown:
+            raise RuntimeError(f"metric names outside the evaluation record: {sorted(unknown)}")
+        metrics[f"x{scale}"] = by_name
+        per_sample[f"x{scale}"] = [rounded_row(r) for r in scale_rows]
     return {
         "format": FORMAT,
         "model": model,
         "manifest_sha256": manifest_sha,
         "split": split,
-        "samples": len(rows),
+        "samples": len(next(iter(by_scale.values()))),
         "settings": settings,
-        "metrics": {scale: by_name},
-        "per_sample": {scale: [rounded_row(r) for r in rows]},
+        "metrics": metrics,
+        "per_sample": per_sample,
     }
 
 
-def _write_outputs(out: Path, doc: dict, rows: list[dict], scale: int) -> tuple[Path, Path]:
+def _write_outputs(out: Path, doc: dict, rows: dict[int, list[dict]]) -> tuple[Path, Path]:
     from jobs.eval_report import IMAGES_DIR, write_report
 
     out.mkdir(parents=True, exist_ok=True)
     shutil.rmtree(out / IMAGES_DIR, ignore_errors=True)  # no stale grids of an earlier run
     json_path = out / JSON_NAME
     json_path.write_bytes((json.dumps(doc, sort_keys=True, indent=1) + "\n").encode("utf-8"))
-    grid = {scale: [r for r in rows if "images" in r]}
+    grid = {scale: [r for r in scale_rows if "images" in r] for scale, scale_rows in rows.items()}
     return json_path, write_report(out, doc, grid)
 
 
@@ -239,12 +254,20 @@ def run_evaluate(cfg: EvaluateConfig, log=print) -> EvaluateResult:
     device = _device(cfg)
     resolver = load_resolver(load_uri, device, tracking_uri=tracking_uri or None)
     scale = resolver.scale
-    manifest, shards = _shards(cfg, scale)
+    scales = cfg.scales or resolver.scales  # every scale the model serves, by default
+    unserved = sorted(set(scales) - set(resolver.scales))
+    if unserved:
+        raise ValueError(
+            f"scales: {cfg.model} does not serve {unserved} (it serves {resolver.scales})"
+        )
+    manifest, shards = _shards(cfg, scales)
     units: list[Unit] = plan_units(shards, cfg.limit)
     samples = sum(u.count for u in units)
     if samples == 0:
         raise ValueError(f"{cfg.shards}: split {cfg.split!r} has no samples")
     crop = resolver.cfg.metrics.crop_border if cfg.crop_border is None else cfg.crop_border
+    # the model's border is for its default scale; other scales get it in proportion
+    crops = {s: crop if cfg.crop_border is not None else crop * s // scale for s in scales}
     backbone, linear = _lpips_paths(cfg, resolver.cfg)
     mode = cfg.mode if cfg.mode != "auto" else ("ray" if samples > cfg.ray_threshold else "local")
     spec = WorkerSpec(
@@ -264,16 +287,23 @@ def run_evaluate(cfg: EvaluateConfig, log=print) -> EvaluateResult:
         run_id = _start_run(client, cfg, tracking_uri, tags)
     else:
         log("MLflow: no tracking URI (--tracking-uri or MLFLOW_TRACKING_URI): not logged")
-    log(f"evaluating {cfg.model} ({scale}x) on {samples} {cfg.split} samples, {mode} mode")
+    at = ", ".join(f"{s}x" for s in scales)
+    log(f"evaluating {cfg.model} ({at}) on {samples} {cfg.split} samples, {mode} mode")
     try:
         if mode == "ray":
             resolver = None  # the actors load their own; free this one
-        rows = list(iter_rows_in_order(_evaluate(cfg, units, spec, resolver, mode)))
-        if len(rows) != samples:
-            raise ValueError(f"evaluated {len(rows)} samples, expected {samples}")
+        wrong = _mismatched(cfg, units, mode)
+        rows = {}
+        for s in scales:
+            at_s = resolver.for_scale(s) if resolver is not None else None
+            spec_s = dataclasses.replace(spec, scale=s, crop_border=crops[s])
+            found = _evaluate(cfg, units, wrong, spec_s, at_s, mode)
+            rows[s] = list(iter_rows_in_order(found))
+            if len(rows[s]) != samples:
+                raise ValueError(f"evaluated {len(rows[s])} samples at {s}x, expected {samples}")
         settings = {
             "batch_size": cfg.batch_size,
-            "crop_border": crop,
+            "crop_border": crop if len(scales) == 1 else {f"x{s}": c for s, c in crops.items()},
             "limit": cfg.limit,
             "lpips": bool(backbone),
             "threads": cfg.threads,
@@ -281,9 +311,12 @@ def run_evaluate(cfg: EvaluateConfig, log=print) -> EvaluateResult:
         }
         model = {"uri": cfg.model, "name": name, "version": version, "scale": scale}
         doc = build_document(model, sha, cfg.split, settings, rows)
-        by_name = doc["metrics"][f"x{scale}"]
-        json_path, report_path = _write_outputs(Path(cfg.out), doc, rows, scale)
-        metrics = {metric_key(scale, k): v for k, v in by_name.items()}
+        json_path, report_path = _write_outputs(Path(cfg.out), doc, rows)
+        metrics = {
+            metric_key(int(key.removeprefix("x")), k): v
+            for key, by_name in doc["metrics"].items()
+            for k, v in by_name.items()
+        }
         if client is not None:
             _log_run(client, run_id, cfg, metrics, Path(cfg.out), manifest)
             result_sha = hashlib.sha256(json_path.read_bytes()).hexdigest()

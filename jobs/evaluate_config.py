@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
@@ -17,6 +17,8 @@ class EvaluateConfig:
     # Test shards made by clipsr preprocess: a directory or s3://bucket/prefix (manifest.json).
     shards: str = ""
     split: str = "test"
+    # Scales to evaluate, each one the model serves (empty: every scale it serves).
+    scales: list[int] = field(default_factory=list)
     # Local output directory: evaluation.json, report.html and images/.
     out: str = "outputs/evaluation"
     # Samples to evaluate, the first ones in manifest and tar order (0: all of the split).

@@ -2,7 +2,8 @@
 
 MLflow copies this file into the model (``code/mlflow_pyfunc.py``) with the ``clipsr`` package
 (``code_paths``) and the checkpoint directory (artifact ``checkpoint``: safetensors + config).
-``mlflow.pyfunc.load_model(uri).predict(df, params={"scale": 4})`` takes a DataFrame with columns
+``mlflow.pyfunc.load_model(uri).predict(df, params={"scale": 4})`` (any scale the model serves)
+takes a DataFrame with columns
 ``image`` (PNG/JPEG bytes, or base64 strings of them) and ``caption``, and returns one with
 ``sr_png`` (PNG bytes). Pick the device with ``model_config={"device": "cpu"}`` or
 ``CLIPSR_DEVICE``; the default is CUDA when available.
@@ -60,10 +61,9 @@ class CLIPSRPyfuncModel(mlflow.pyfunc.PythonModel):
         params: dict[str, Any] | None = None,
     ) -> pd.DataFrame:
         scale = int((params or {}).get("scale") or self.resolver.scale)
-        if scale != self.resolver.scale:
-            raise ValueError(
-                f"requested scale {scale} but this model upscales by {self.resolver.scale}"
-            )
+        if scale not in self.resolver.scales:
+            served = ", ".join(f"{s}x" for s in self.resolver.scales)
+            raise ValueError(f"requested scale {scale} but this model upscales by {served}")
         missing = {"image", "caption"} - set(model_input.columns)
         if missing:
             raise ValueError(f"input is missing column(s): {', '.join(sorted(missing))}")
@@ -72,7 +72,7 @@ class CLIPSRPyfuncModel(mlflow.pyfunc.PythonModel):
             image = decode_image(value, row)
             self.resolver.check_size(*image.size, name=f"row {row}")
             prompt = "" if caption is None or pd.isna(caption) else str(caption)
-            out.append(encode_png(self.resolver.upscale(image, prompt)))
+            out.append(encode_png(self.resolver.upscale(image, prompt, scale)))
         return pd.DataFrame({"sr_png": out})
 
 

@@ -6,8 +6,10 @@ A gate is ``{metric, rule, value, required}``:
 - ``max_rise``: candidate <= champion + value (lower is better: lpips);
 - ``min`` / ``max``: candidate >= value / candidate <= value (the champion is not looked at).
 
-``metric`` is a name of :data:`jobs.evaluation_record.METRIC_NAMES` (applied to every scale both
-evaluations have, one result per scale) or ``x{scale}/{name}`` (that scale only). A metric missing
+``metric`` is a name of :data:`jobs.evaluation_record.METRIC_NAMES` (applied to every scale the
+candidate was evaluated at, one result per scale; a relative gate is skipped, and says so, at a
+scale the champion was not evaluated at, e.g. the new scales of a multi-scale candidate) or
+``x{scale}/{name}`` (that scale only). A metric missing
 from an evaluation fails the gate, unless ``required: false`` (then the gate is skipped).
 :func:`apply_gates` computes every gate's result; nothing is short-circuited.
 """
@@ -166,10 +168,8 @@ def apply_gates(
     for gate in gates:
         parsed = parse_metric_key(gate.metric)
         name = parsed[1] if parsed else gate.metric
-        if parsed:
-            scales = [parsed[0]]
-        else:  # every scale both have (the champion's scales are the candidate's, checked)
-            scales = sorted(champion if champion is not None and gate.relative else candidate)
+        # every scale of the candidate (it covers the champion's, checked by the caller)
+        scales = [parsed[0]] if parsed else sorted(candidate)
         for scale in scales:
             res = GateResult(gate.metric, scale, gate.rule, gate.value, "failed")
             cand = candidate.get(scale, {}).get(name)
@@ -178,6 +178,11 @@ def apply_gates(
             problem = ""
             if gate.relative and champion is None:
                 res.status, res.note = "skipped", "no champion: relative gate not applied"
+                results.append(res)
+                continue
+            if gate.relative and not parsed and scale not in champion:
+                res.status = "skipped"
+                res.note = f"the champion was not evaluated at x{scale}: relative gate not applied"
                 results.append(res)
                 continue
             if cand is None:

@@ -150,7 +150,7 @@ def run_train(cfg) -> TrainResult:
         "dataset_manifest_sha256": manifest_sha,
         "code_version": code_version(),
         "config_sha256": config_hash[:16],
-        "scales": ",".join(map(str, cfg.scales)),
+        "scales": ",".join(map(str, cfg.model.all_scales)),  # the scales the model serves
     }
     tracker = RunTracker(tracking_uri)
     run_id = tracker.start(

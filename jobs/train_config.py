@@ -16,8 +16,8 @@ class DataConfig:
     shards: str = ""
     train_split: str = "train"
     val_split: str = "test"
-    # Scales to train on, one drawn per batch (default: [model.scale]). Several scales need a
-    # model whose head serves them all (see README: multi-scale).
+    # Scales to train on, one drawn per batch from (seed, step), the same on every rank
+    # (default: every scale the model serves, model.scales).
     scales: list[int] = field(default_factory=list)
     batch_size: int = 8  # per Ray Train worker
     loader_workers: int = 2  # DataLoader processes per Ray Train worker
@@ -74,16 +74,17 @@ class TrainConfig(CLIPSRConfig):
 
     @property
     def scales(self) -> list[int]:
-        return self.data.scales or [self.model.scale]
+        return self.data.scales or self.model.all_scales
 
     def validate(self) -> None:
         super().validate()
         if not self.data.shards:
             raise ConfigError("data.shards: required (the output of clipsr preprocess)")
-        if self.scales != [self.model.scale]:
+        extra = sorted(set(self.scales) - set(self.model.all_scales))
+        if extra:
             raise ConfigError(
-                f"data.scales: {self.data.scales} must be [model.scale] = [{self.model.scale}]; "
-                "this generator serves one scale"
+                f"data.scales: {self.data.scales} has {extra}, which the model does not serve "
+                f"(model.scales: {self.model.all_scales}); add them to model.scales"
             )
         r = self.run
         if r.steps < 1 or r.num_workers < 1 or self.data.batch_size < 1:

@@ -64,7 +64,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         loaded = load_initial_weights(init, models, ema)
         if rank == 0:
             log.info("weights from %s: %s", init, ", ".join(loaded))
-    models.generator = ray.train.torch.prepare_model(models.generator)
+    # a multi-scale G leaves the other scales' heads unused at a step: DDP must know
+    multi = {"find_unused_parameters": True} if len(cfg.model.all_scales) > 1 else None
+    models.generator = ray.train.torch.prepare_model(
+        models.generator, parallel_strategy_kwargs=multi
+    )
     models.discriminator = ray.train.torch.prepare_model(models.discriminator)
     optimizers = build_optimizers(models, cfg.optim)
     precision = Precision.create(cfg.run.precision, device)
@@ -123,6 +127,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 cfg.loss.weights,
                 precision,
                 all_finite=_all_finite,
+                scale=int(batch["scale"]),
             )
         except FloatingPointError as err:
             # every rank got here together (the check is collective): stop without retrying;
@@ -163,27 +168,32 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 )
             window_start, window_wait, window_steps = time.perf_counter(), 0.0, 0
         if rank == 0 and (step % cfg.run.validate_every == 0 or step == cfg.run.steps):
-            val = iter_eval_batches(
-                config["val_urls"],
-                cfg.scales[0],
-                cfg.data.batch_size,
-                limit=cfg.run.val_samples,
-                opener=opener,
-            )
-            scores, grid = validate(
-                ema.model,
-                models.clip,
-                val,
-                device,
-                cfg.metrics.crop_border,
-                cfg.metrics.test_y_channel,
-            )
-            metrics.update(scores)
-            if tracker is not None and grid is not None:
-                tracker.log_image(grid, f"samples/step_{step:07d}.png")
-            if rank == 0 and config.get("grid_dir") and grid is not None:
-                os.makedirs(config["grid_dir"], exist_ok=True)
-                grid.save(os.path.join(config["grid_dir"], f"step_{step:07d}.png"))
+            for scale in cfg.scales:  # val_* at the default scale, val_*_x{s} at every scale
+                val = iter_eval_batches(
+                    config["val_urls"],
+                    scale,
+                    cfg.data.batch_size,
+                    limit=cfg.run.val_samples,
+                    opener=opener,
+                )
+                scores, grid = validate(
+                    ema.model,
+                    models.clip,
+                    val,
+                    device,
+                    cfg.metrics.crop_border * scale // cfg.model.scale,
+                    cfg.metrics.test_y_channel,
+                )
+                if len(cfg.scales) > 1:
+                    metrics.update({f"{k}_x{scale}": v for k, v in scores.items()})
+                if scale == cfg.model.scale or len(cfg.scales) == 1:
+                    metrics.update(scores)
+                suffix = f"_x{scale}" if len(cfg.scales) > 1 else ""
+                if tracker is not None and grid is not None:
+                    tracker.log_image(grid, f"samples/step_{step:07d}{suffix}.png")
+                if rank == 0 and config.get("grid_dir") and grid is not None:
+                    os.makedirs(config["grid_dir"], exist_ok=True)
+                    grid.save(os.path.join(config["grid_dir"], f"step_{step:07d}{suffix}.png"))
         if tracker is not None and metrics:
             tracker.log_metrics(metrics, step)
         if step % cfg.run.checkpoint_every == 0 or step == cfg.run.steps:

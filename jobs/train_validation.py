@@ -25,7 +25,8 @@ def validate(
     for batch in batches:
         scale = batch["scale"]
         text = clip.encode_text(batch["captions"])
-        sr = generator(batch["lr"].to(device), text, clip).clamp(-1, 1).float().cpu()
+        lr = batch["lr"].to(device)
+        sr = generator(lr, text, clip, scale=scale).clamp(-1, 1).float().cpu()
         for i in range(sr.shape[0]):
             hr = tensor_to_uint8(batch["hr"][i])
             lr = tensor_to_uint8(batch["lr"][i])

@@ -43,7 +43,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="caption guiding the upscale; repeat for a prompt-editing grid (single files); "
         "in batch mode the caption of inputs that have none",
     )
-    p.add_argument("--scale", type=int, help="upscale factor (default: the model's)")
+    p.add_argument(
+        "--scale", type=int, help="upscale factor, one the model serves (default: the model's)"
+    )
     p.add_argument("--out", required=True, help="output directory (batch mode: also s3://)")
     p.add_argument("--device", default=None, help="cpu, cuda, cuda:1 (default: cuda if present)")
     batch = p.add_argument_group("batch mode (Ray Data)")
@@ -81,10 +83,13 @@ def run_files(args: argparse.Namespace) -> int:
         resolver = load_resolver(args.model, args.device, tracking_uri=args.tracking_uri)
     except (CheckpointError, ModelNotFound, TrackingUnavailable) as err:
         return _fail(str(err))
-    if args.scale is not None and args.scale != resolver.scale:
+    try:
+        resolver = resolver.for_scale(args.scale)
+    except ValueError:
+        served = "/".join(f"{s}x" for s in resolver.scales)
         return _fail(
-            f"--scale {args.scale} but {args.model} is a {resolver.scale}x model; "
-            f"pass --scale {resolver.scale} or another model"
+            f"--scale {args.scale} but {args.model} is a {served} model; "
+            f"pass --scale {' or '.join(map(str, resolver.scales))} or another model"
         )
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)

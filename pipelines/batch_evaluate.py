@@ -35,6 +35,7 @@ class WorkerSpec:
     lpips_backbone_weights: str = ""
     lpips_linear_weights: str = ""
     endpoint_url: str = ""
+    scale: int = 0  # the scale to evaluate (0: the model's default)
 
 
 def opener_for(endpoint_url: str):
@@ -62,7 +63,7 @@ class UnitEvaluator:
             resolver = load_resolver(
                 spec.model_uri, spec.device, tracking_uri=spec.tracking_uri or None
             )
-        self.resolver = resolver
+        self.resolver = resolver.for_scale(spec.scale or None)
         self.lpips = None
         if spec.lpips_backbone_weights and spec.lpips_linear_weights:
             lpips = LPIPS(spec.lpips_backbone_weights, spec.lpips_linear_weights)

@@ -144,12 +144,13 @@ def _check_model(cfg: BatchUpscaleConfig):
         resolver = load_resolver(pinned, "cpu", tracking_uri=cfg.tracking_uri)
     except (CheckpointError, ModelNotFound, TrackingUnavailable) as err:
         raise BatchConfigError(f"--model: {err}") from None
-    if cfg.scale is not None and cfg.scale != resolver.scale:
+    if cfg.scale is not None and cfg.scale not in resolver.scales:
+        served = "/".join(f"{s}x" for s in resolver.scales)
         raise BatchConfigError(
-            f"--scale {cfg.scale} but {uri} is a {resolver.scale}x model; "
-            f"pass --scale {resolver.scale} or another model"
+            f"--scale {cfg.scale} but {uri} is a {served} model; "
+            f"pass --scale {' or '.join(map(str, resolver.scales))} or another model"
         )
-    return pinned, resolver
+    return pinned, resolver.for_scale(cfg.scale)
 
 
 # -- a chunk: its samples as JSON, their images packed into one byte string ---------------------
@@ -229,7 +230,8 @@ class ChunkUpscaler:
         from jobs.tracking import load_resolver  # the registry client lives with the jobs
 
         self.batch_size, uri = cfg.batch_size, cfg.model_uri
-        self.resolver = resolver or load_resolver(uri, device, tracking_uri=cfg.tracking_uri)
+        resolver = resolver or load_resolver(uri, device, tracking_uri=cfg.tracking_uri)
+        self.resolver = resolver.for_scale(cfg.scale)
 
     def __call__(self, batch: dict[str, np.ndarray]) -> dict[str, list]:
         rows = [self.upscale(dict(zip(COLUMNS, v))) for v in zip(*(batch[k] for k in COLUMNS))]

@@ -20,9 +20,12 @@ def test_presets_exist_for_each_scale():
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_every_shipped_config_loads(path):
     cfg = load_clipsr_config(path)
-    scale = int(path.stem.split("-x")[1].removesuffix("-reference"))
-    assert cfg.model.scale == scale
-    assert cfg.model.lr_size * scale == cfg.model.hr_size
+    if "-x" in path.stem:
+        scale = int(path.stem.split("-x")[1].removesuffix("-reference"))
+        assert cfg.model.scale == scale and cfg.model.all_scales == [scale]
+    else:
+        assert path.stem.endswith("multiscale") and len(cfg.model.all_scales) > 1
+    assert cfg.model.lr_size * cfg.model.scale == cfg.model.hr_size
     # the resolved config round-trips through YAML unchanged
     assert from_dict(CLIPSRConfig, yaml.safe_load(to_yaml(cfg))) == cfg
 
@@ -162,3 +165,16 @@ def test_a_string_field_takes_an_integer_as_its_text_but_not_a_float_or_bool():
     for bad in ("version=1.10", "version=true"):
         with pytest.raises(ConfigError, match="version: expected a string"):
             from_dict(Cfg, {}, [bad])
+
+
+@pytest.mark.parametrize(
+    ("override", "needle"),
+    [
+        ("model.scales=[8,16]", "must include model.scale"),
+        ("model.scales=[4,3]", "model.scales: must be one of"),
+        ("model.scales=[4,16]", "the LR size 4 at 16x"),
+    ],
+)
+def test_bad_model_scales(override, needle):
+    with pytest.raises(ConfigError, match=needle):
+        load_clipsr_config(Path(CONFIGS) / "base-x4.yaml", [override, "model.hr_size=64"])

@@ -145,3 +145,48 @@ def test_release_wiring_freezes_the_unused_branch_and_counts_the_reference_live_
         if wiring == "release":
             assert not any(p.requires_grad for p in gen.clip_fusion.parameters())
     assert counts == {"paper": 55_238_564, "release": 38_215_556}
+
+
+def test_one_model_serves_every_scale_of_model_scales(tiny_clip):
+    cfg = tiny_config(4, "model.scales=[4,8,16]")
+    gen = build_generator(cfg, tiny_clip)
+    text = torch.randn(2, tiny_clip.embed_dim)
+    for scale in (4, 8, 16):
+        lr = torch.rand(2, 3, 128 // scale, 128 // scale) * 2 - 1
+        out = gen(lr, text, tiny_clip, scale=scale)
+        assert out.shape == (2, 3, 128, 128)
+        # lr_residual (tiny presets): every scale's head starts at the interpolated LR
+        expected = torch.nn.functional.interpolate(lr, size=(128, 128), mode="bicubic")
+        assert torch.allclose(out, expected, atol=1e-6)
+    assert gen(torch.zeros(1, 3, 32, 32), text[:1], tiny_clip).shape[-1] == 128  # default 4x
+    with pytest.raises(ValueError, match="this model serves 4x, 8x, 16x, not 2x"):
+        gen(torch.zeros(1, 3, 64, 64), text[:1], tiny_clip, scale=2)
+    with pytest.raises(ValueError, match="serves 4x, not 8x"):
+        build_generator(tiny_config(4), tiny_clip)(torch.zeros(1, 3, 16, 16), text[:1], scale=8)
+
+
+def test_the_scales_share_everything_but_their_upsampler_and_single_scale_keys_stay(tiny_clip):
+    single = build_generator(tiny_config(4), tiny_clip).state_dict()
+    multi = build_generator(tiny_config(4, "model.scales=[4,8,16]"), tiny_clip).state_dict()
+    assert not any("scale_heads" in k for k in single)  # single-scale checkpoints still load
+    assert set(single) < set(multi)
+    extra = {k.split(".")[2] for k in set(multi) - set(single)}
+    assert extra == {"x8", "x16"}
+    assert all(k.startswith("head.scale_heads.") for k in set(multi) - set(single))
+
+
+def test_a_multi_scale_step_trains_the_shared_body_and_that_scale_head_only(tiny_clip):
+    from clipsr.training import build_models, build_optimizers, train_step
+
+    cfg = tiny_config(4, "model.scales=[4,8,16]", "model.generator.lr_residual=none")
+    models = build_models(cfg, clip=tiny_clip)
+    opts = build_optimizers(models, cfg.optim)
+    hr = torch.rand(2, 3, 128, 128) * 2 - 1
+    lr = torch.nn.functional.interpolate(hr, size=(8, 8), mode="area")
+    train_step(models, opts, lr, hr, tiny_clip.encode_text(["a", "b"]), cfg.loss.weights, scale=16)
+    grads = {n for n, p in models.generator.named_parameters() if p.grad is not None}
+    assert "image_encoder.conv1.weight" in grads and "head.body.0.weight" in grads
+    assert "head.scale_heads.x16.to_rgb.weight" in grads
+    assert not any(
+        n.startswith(("head.scale_heads.x8", "head.upsample", "head.to_rgb")) for n in grads
+    )

@@ -253,3 +253,17 @@ def test_invalid_arguments_are_rejected(shards):
         TrainingBatchStream([], [4], 2, seed=0)
     with pytest.raises(ValueError, match=r"rank 2 is not in \[0, 2\)"):
         TrainingBatchStream(urls, [4], 2, seed=0, rank=2, world_size=2)
+
+
+def test_every_rank_and_loader_worker_draws_the_same_scale_at_a_step(shards):
+    """DDP reduces one head's gradients: the scale of global batch j is drawn from (seed, j)."""
+    urls, _ = shards
+    rank0 = _loader(_stream(urls, rank=0, world_size=2), 10)
+    rank1 = [b["scale"] for b in _take(_stream(urls, rank=1, world_size=2), 10)]
+    resumed = [b["scale"] for b in _take(_stream(urls, rank=1, world_size=2, start_batch=3), 7)]
+    scales = [b["scale"] for b in rank0]
+    assert scales == rank1 and scales[3:] == resumed and set(scales) == {4, 8}
+    assert scales == [_stream(urls).batch_scale(j) for j in range(10)]
+    assert [b["keys"] for b in rank0] != [
+        b["keys"] for b in _take(_stream(urls, rank=1, world_size=2), 10)
+    ]

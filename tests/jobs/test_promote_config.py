@@ -117,3 +117,16 @@ def test_without_champion_only_absolute_gates_apply():
     assert _by(res)[("x16/psnr", 16)].status == "failed"
     nan = apply_gates([Gate("psnr", "min", 0.0)], {4: {"psnr": float("nan")}}, None)
     assert nan[0].status == "failed" and "not a finite number" in nan[0].note
+
+
+def test_a_multi_scale_candidate_is_gated_at_every_scale():
+    """Against a 4x champion: relative gates at 4x, skipped (and said) at the new scales;
+    absolute gates at every scale."""
+    cand = {s: {"psnr": 20.0 + s, "ssim": 0.7} for s in (4, 8, 16)}
+    gates = [Gate("psnr", "max_drop", 0.05), Gate("psnr", "min", 21.0)]
+    res = _by(apply_gates(gates, cand, {4: {"psnr": 24.0, "ssim": 0.7}}))
+    assert [(m, s) for m, s in res] == [("psnr", 4), ("psnr", 8), ("psnr", 16)]
+    statuses = [r.status for r in apply_gates(gates, cand, {4: {"psnr": 24.0}})]
+    assert statuses == ["passed", "skipped", "skipped", "passed", "passed", "passed"]
+    note = apply_gates(gates[:1], cand, {4: {"psnr": 24.0}})[2].note
+    assert note == "the champion was not evaluated at x16: relative gate not applied"

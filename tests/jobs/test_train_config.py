@@ -16,7 +16,7 @@ def test_every_shipped_train_config_loads(path):
     cfg = load_train_config(path)
     preset = load_config(CLIPSRConfig, ROOT / "configs" / path.name)
     assert cfg.model == preset.model  # 'extends' brings in the preset unchanged
-    assert cfg.scales == [cfg.model.scale] and cfg.data.shards and cfg.run.name
+    assert cfg.scales == cfg.model.all_scales and cfg.data.shards and cfg.run.name
 
 
 def test_extends_merges_and_detects_loops(tmp_path):
@@ -42,3 +42,11 @@ def test_extends_merges_and_detects_loops(tmp_path):
 def test_bad_train_settings_fail_fast(override, needle):
     with pytest.raises(ConfigError, match=needle):
         load_train_config(ROOT / "configs" / "train" / "tiny-x4.yaml", [override])
+
+
+def test_data_scales_default_to_the_model_scales_and_must_be_served():
+    path = ROOT / "configs" / "train" / "tiny-multiscale.yaml"
+    assert load_train_config(path).scales == [4, 8, 16]
+    assert load_train_config(path, ["data.scales=[16]"]).scales == [16]
+    with pytest.raises(ConfigError, match=r"data.scales: \[2\] has \[2\], which the model"):
+        load_train_config(path, ["data.scales=[2]"])
