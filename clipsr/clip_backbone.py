@@ -208,3 +208,9 @@ def _plain_arch(cfg: ClipConfig) -> str:
             "load it from the hub cache or directory instead"
         )
     return cfg.arch
+
+
+def create_open_clip(cfg: ClipConfig) -> tuple[nn.Module, str]:
+    """The open_clip model ``cfg`` names (weights from its tag/file, or a random init from
+    ``init_seed`` with a warning) and where its weights came from; trainable as returned."""
+    return _create_open_clip(cfg)

@@ -130,9 +130,23 @@ class IterativeRefinement(nn.Module):
 
 
 class ReconstructionHead(nn.Module):
-    """G: body refinement + global LR skip, then pixel-shuffle x2 stages and a conv to RGB."""
+    """G: body refinement + global LR skip, then pixel-shuffle x2 stages and a conv to RGB.
 
-    def __init__(self, body_ch: int, head_ch: int, upscale: int):
+    ``text_stages`` > 0 (an extension, not in the paper or the reference) adds a residual
+    text-image fusion block after each of the first ``text_stages`` pixel-shuffle stages:
+    channel-wise modulation where every sub-pixel position has its own features, so the caption
+    can shape what is drawn inside an LR pixel (at LR resolution it can only scale whole pixels).
+    """
+
+    def __init__(
+        self,
+        body_ch: int,
+        head_ch: int,
+        upscale: int,
+        text_dim: int = 0,
+        text_stages: int = 0,
+        text_softmax: bool = False,
+    ):
         super().__init__()
         self.lr_skip = nn.Conv2d(3, body_ch, 3, 1, 1)
         self.body = nn.Sequential(
@@ -146,6 +160,11 @@ class ReconstructionHead(nn.Module):
             nn.Conv2d(body_ch, head_ch, 3, 1, 1), nn.LeakyReLU(0.01)
         )
         steps = int(math.log2(upscale))
+        if not 0 <= text_stages <= steps:
+            raise ValueError(
+                f"model.generator.head_text_stages: {text_stages} is not in 0..{steps} "
+                f"(the head has {steps} pixel-shuffle stages)"
+            )
         self.upsample = nn.Sequential(
             *[
                 layer
@@ -153,11 +172,28 @@ class ReconstructionHead(nn.Module):
                 for layer in (nn.Conv2d(head_ch, 4 * head_ch, 3, 1, 1), nn.PixelShuffle(2))
             ]
         )
+        self.text_fusion = (
+            nn.ModuleList(
+                TextImageFusionBlock(head_ch, head_ch, text_dim, text_softmax)
+                for _ in range(text_stages)
+            )
+            if text_stages
+            else None
+        )
         self.to_rgb = nn.Conv2d(head_ch, 3, 3, 1, 1)
 
-    def forward(self, body: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
-        x = self.body(body) + self.lr_skip(lr)
-        return self.to_rgb(self.upsample(self.before_upsample(x)))
+    def forward(
+        self, body: torch.Tensor, lr: torch.Tensor, text: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        x = self.before_upsample(self.body(body) + self.lr_skip(lr))
+        if self.text_fusion is None:
+            return self.to_rgb(self.upsample(x))
+        for i, layer in enumerate(self.upsample):
+            x = layer(x)
+            stage = i // 2
+            if i % 2 and stage < len(self.text_fusion):
+                x = x + self.text_fusion[stage](x, text)
+        return self.to_rgb(x)
 
 
 class CLIPSRGenerator(nn.Module):
@@ -173,7 +209,12 @@ class CLIPSRGenerator(nn.Module):
         self.clip_fusion = ClipFusionPath(cfg, text_dim, vit_width, grid_size)
         self.refinement = IterativeRefinement(cfg, text_dim)
         self.head = ReconstructionHead(
-            g.encoder_channels[0], g.head_channels, cfg.scale // g.lr_pre_upsample
+            g.encoder_channels[0],
+            g.head_channels,
+            cfg.scale // g.lr_pre_upsample,
+            text_dim,
+            g.head_text_stages,
+            g.text_softmax,
         )
         self.lr_residual = g.lr_residual
         if self.lr_residual != "none":  # start from the interpolated LR exactly
@@ -206,7 +247,7 @@ class CLIPSRGenerator(nn.Module):
         else:  # release: the reference's GBlock(R4, c); the CLIP branch has no effect
             start = r4
         body = self.refinement(start, [r4, r3, r2, r1], text)
-        out = self.head(body, x)
+        out = self.head(body, x, text)
         if self.lr_residual != "none":
             out = out + F.interpolate(
                 lr, size=out.shape[-2:], mode=self.lr_residual, align_corners=False

@@ -11,6 +11,10 @@ import sys
 
 COMMANDS = {
     "preprocess": ("jobs.preprocess", "shard a captioned corpus into WebDataset shards (Ray Data)"),
+    "pretrain-clip": (
+        "jobs.pretrain_clip",
+        "train a domain CLIP on a shard set (Ray Train, MLflow)",
+    ),
     "train": ("jobs.train", "train the generator and discriminator on Ray Train (MLflow)"),
     "evaluate": ("jobs.evaluate", "evaluate a model on test shards (PSNR/SSIM/LPIPS, captions)"),
     "promote": ("jobs.promote", "move the champion alias to a model version behind metric gates"),
@@ -21,7 +25,7 @@ COMMANDS = {
 
 def usage() -> str:
     lines = ["usage: clipsr <command> [args...]", "", "commands:"]
-    lines += [f"  {name:<10} {help_}" for name, (_, help_) in COMMANDS.items()]
+    lines += [f"  {name:<14} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "Run 'clipsr <command> --help' for a command's options."]
     return "\n".join(lines)
 

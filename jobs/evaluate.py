@@ -247,9 +247,10 @@ def run_evaluate(cfg: EvaluateConfig, log=print) -> EvaluateResult:
     crop = resolver.cfg.metrics.crop_border if cfg.crop_border is None else cfg.crop_border
     backbone, linear = _lpips_paths(cfg, resolver.cfg)
     mode = cfg.mode if cfg.mode != "auto" else ("ray" if samples > cfg.ray_threshold else "local")
+    attributes = json.dumps(manifest["attributes"]) if manifest.get("attributes") else ""
     spec = WorkerSpec(
         load_uri, tracking_uri, device, cfg.threads, cfg.batch_size, crop, cfg.grid_rows,
-        backbone, linear, cfg.endpoint_url,
+        backbone, linear, cfg.endpoint_url, attributes,
     )  # fmt: skip
     sha = manifest_sha256(manifest)
 
@@ -328,6 +329,12 @@ def format_table(metrics: dict[str, float]) -> str:
             f"  text gain: PSNR true - mismatched caption {m['text_gain_psnr']:+.3f} dB, "
             f"true - empty {m['text_gain_psnr_empty']:+.3f} dB"
         )
+        if "adherence" in m:
+            lines.append(
+                f"  prompt adherence {m['adherence']:.1%}, edit success {m['edit_success']:.1%} "
+                f"(chance {m['adherence_chance']:.0%}); shape-only text gain "
+                f"{m['text_gain_shape_psnr']:+.3f} dB ({int(m['adherence_samples'])} samples)"
+            )
     return "\n".join(lines)
 
 

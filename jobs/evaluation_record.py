@@ -20,7 +20,7 @@ import re
 from dataclasses import dataclass, field
 from typing import Any
 
-from clipsr.evaluation import LPIPS_METRICS, SAMPLE_METRICS
+from clipsr.evaluation import ADHERENCE_METRICS, LPIPS_METRICS, SAMPLE_METRICS
 
 DEFAULT_EXPERIMENT = "clipsr-eval"
 TAG_KIND = "clipsr.kind"  # = "evaluation" on every evaluation run
@@ -46,6 +46,10 @@ METRIC_NAMES = (
     *LPIPS_METRICS,
     "text_gain_psnr",  # psnr - psnr_caption_mismatched
     "text_gain_psnr_empty",  # psnr - psnr_caption_empty
+    # Sets whose manifest declares attributes (clipsr.adherence): share of objects drawn as the
+    # caption's shape (adherence) and as a swapped-in shape (edit_success), chance = 1/shapes,
+    # text_gain_shape_psnr = psnr - psnr with only the shape word swapped.
+    *ADHERENCE_METRICS,
 )
 LOWER_IS_BETTER = frozenset({"lpips", "lpips_bicubic"})
 _KEY = re.compile(r"^x(\d+)/([a-z0-9_]+)$")

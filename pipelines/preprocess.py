@@ -174,6 +174,7 @@ def run_preprocess(cfg: PreprocessConfig, progress: bool = True) -> PreprocessSu
     validate(cfg.source, cfg.storage)  # fail fast: paths and layout, before any work
     chash = config_hash(cfg)
     check_output(cfg, chash)
+    attributes = load_attributes(cfg)
     start = time.time()
     plans, duplicates = plan_shards(cfg)
     if not plans:
@@ -195,7 +196,7 @@ def run_preprocess(cfg: PreprocessConfig, progress: bool = True) -> PreprocessSu
     )
     if todo:
         _write_with_ray(cfg, todo, summary, progress)
-    _finish(cfg, plans, duplicates, chash)
+    _finish(cfg, plans, duplicates, chash, attributes)
     summary.rejected = dict(sorted(Counter(summary.rejected).items()))
     summary.seconds = time.time() - start
     return summary
@@ -236,7 +237,38 @@ def _write_row(row: dict[str, Any], cfg_dict: dict[str, Any]) -> dict[str, Any]:
     return {"name": row["name"], "stats": json.dumps(stats)}
 
 
-def _finish(cfg, plans, duplicates, chash) -> None:
+def load_attributes(cfg: PreprocessConfig) -> dict[str, Any] | None:
+    """The corpus's attribute declaration (``attributes`` or ``source.path/attributes.json``),
+    validated before any work; None when there is none."""
+    from clipsr.adherence import KIND, ShapeAttributes
+
+    uri = cfg.attributes or storage.join(cfg.source.path, "attributes.json")
+    try:
+        data = json.loads(storage.read_bytes(uri, cfg.storage))
+    except FileNotFoundError:
+        if cfg.attributes:
+            raise ConfigError(f"attributes: file not found: {cfg.attributes}") from None
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"attributes: {uri} is not valid JSON ({err})") from None
+    if isinstance(data, dict) and data.get("kind") == KIND:
+        try:
+            ShapeAttributes.from_dict(data)
+        except ValueError as err:
+            raise ConfigError(f"attributes ({uri}): {err}") from None
+        wanted = data.get("degradation")
+        if wanted and wanted != cfg.degradation.kind:
+            log.warning(
+                "%s declares degradation %r but degradation.kind is %r: the LR may show what "
+                "only the caption should tell",
+                uri,
+                wanted,
+                cfg.degradation.kind,
+            )
+    return data
+
+
+def _finish(cfg, plans, duplicates, chash, attributes=None) -> None:
     """Manifest, sizes and rejects from every shard's committed stats (this run's and earlier)."""
     shards, rejects = [], list(duplicates)
     counts: dict[str, dict[str, int]] = {}
@@ -274,6 +306,8 @@ def _finish(cfg, plans, duplicates, chash) -> None:
         "hr_size": cfg.hr_size,
         "shards": shards,
     }
+    if attributes is not None:
+        manifest["attributes"] = attributes
     storage.write_bytes(
         storage.join(cfg.output, MANIFEST), json.dumps(manifest, indent=1).encode(), cfg.storage
     )

@@ -43,6 +43,9 @@ class PreprocessConfig:
     concurrency: int = 0
     # Start over: delete the commit markers of existing shards and rewrite everything.
     overwrite: bool = False
+    # Attribute declaration copied into manifest.json (what clipsr evaluate's prompt-adherence
+    # metrics need): a JSON file, local or s3://. "" = source.path/attributes.json if it exists.
+    attributes: str = ""
 
     def validate(self) -> None:
         if not self.source.path:
