@@ -207,8 +207,21 @@ def evaluate_batch(
             row["images"] = {k: _png(a) for k, a in zip(GRID_IMAGES, images, strict=True)}
             if swapped is not None:
                 row["images"] |= {f"swapped:{k}": _png(a) for k, a in swapped[1].items()}
+                row["zoom_box"] = _zoom_box(attributes, swapped[0], h)
         rows.append(row)
     return rows
+
+
+def _zoom_box(attributes: ShapeAttributes, parsed: CaptionAttributes, hr: np.ndarray) -> list:
+    """[x0, y0, x1, y1]: 2 x 2 cells from the first object (kept inside the image), for zoomed
+    crops in the report."""
+    occupied = attributes.occupied(hr, parsed.background)
+    rows, cols = occupied.shape
+    r, c = (int(v[0]) for v in np.nonzero(occupied)) if occupied.any() else (0, 0)
+    r, c = min(r, max(rows - 2, 0)), min(c, max(cols - 2, 0))
+    size = attributes.cell * min(2, rows, cols)
+    y0, x0 = r * attributes.cell, c * attributes.cell
+    return [x0, y0, x0 + size, y0 + size]
 
 
 def _shape_swaps(

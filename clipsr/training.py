@@ -258,21 +258,40 @@ def train_step(
 
 
 class EMA:
-    """Exponential moving average of the generator's weights (used for validation and export)."""
+    """Exponential moving average of the generator's weights (used for validation and export).
 
-    def __init__(self, generator: nn.Module, decay: float):
+    With ``warmup`` the decay of update ``t`` (0-based) is ``min(decay, (1 + t) / (10 + t))``:
+    the average follows the young weights closely and reaches ``decay`` later (without it, a
+    0.999 average still holds 37% of the initial weights after 1,000 updates).
+    """
+
+    def __init__(self, generator: nn.Module, decay: float, warmup: bool = False):
         import copy
 
-        self.decay = decay
+        self.decay, self.warmup = decay, warmup
         self.model = copy.deepcopy(_unwrap(generator)).eval().requires_grad_(False)
 
+    def decay_at(self, step: int) -> float:
+        return min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
+
     @torch.no_grad()
-    def update(self, generator: nn.Module) -> None:
+    def update(self, generator: nn.Module, step: int = 0) -> None:
+        """Blend in the live weights; ``step`` = the number of earlier updates (the warm-up)."""
         source = _unwrap(generator)
+        decay = self.decay_at(step)
         for ema, live in zip(self.model.parameters(), source.parameters()):
-            ema.lerp_(live.detach(), 1.0 - self.decay)
+            ema.lerp_(live.detach(), 1.0 - decay)
         for ema, live in zip(self.model.buffers(), source.buffers()):
             ema.copy_(live)
+
+
+def drop_captions(captions: list[str], prob: float, generator: torch.Generator) -> list[str]:
+    """Each caption replaced by "" with probability ``prob`` (caption dropout: the model also
+    learns to upscale without text, and to tell what the text adds)."""
+    if prob <= 0:
+        return list(captions)
+    keep = torch.rand(len(captions), generator=generator) >= prob
+    return [c if k else "" for c, k in zip(captions, keep.tolist())]
 
 
 def count_parameters(module: nn.Module) -> tuple[int, int]:

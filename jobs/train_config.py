@@ -40,6 +40,10 @@ class TrainRunConfig:
     gpus_per_worker: float = 1.0
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     ema_decay: float = 0.999
+    # EMA decay min(ema_decay, (1 + t) / (10 + t)) at step t (false: ema_decay from the start).
+    ema_warmup: bool = True
+    # Share of training captions replaced by "" (caption dropout); 0 = the reference (none).
+    caption_dropout: float = 0.0
     lr_schedule: Literal["constant", "cosine"] = "constant"
     warmup_steps: int = 0
     log_every: int = 10
@@ -88,6 +92,8 @@ class TrainConfig(CLIPSRConfig):
             raise ConfigError("run.log_every/checkpoint_every/validate_every/num_to_keep: >= 1")
         if not 0 <= r.ema_decay < 1:
             raise ConfigError("run.ema_decay: in [0, 1)")
+        if not 0 <= r.caption_dropout < 1:
+            raise ConfigError("run.caption_dropout: a probability in [0, 1)")
         if r.precision != "fp32" and not r.use_gpu:
             raise ConfigError("run.precision: bf16/fp16 autocast needs run.use_gpu=true")
 

@@ -47,7 +47,14 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     from clipsr.config_loader import from_dict
     from clipsr.shard_dataset import TrainingBatchStream, iter_eval_batches
     from clipsr.train_state import load_training_checkpoint
-    from clipsr.training import EMA, Precision, build_models, build_optimizers, train_step
+    from clipsr.training import (
+        EMA,
+        Precision,
+        build_models,
+        build_optimizers,
+        drop_captions,
+        train_step,
+    )
     from jobs.train_config import TrainConfig
     from jobs.train_validation import validate
 
@@ -57,7 +64,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed + rank)
     models = build_models(cfg).to(device)
-    ema = EMA(models.generator, cfg.run.ema_decay)
+    ema = EMA(models.generator, cfg.run.ema_decay, warmup=cfg.run.ema_warmup)
     models.generator = ray.train.torch.prepare_model(models.generator)
     models.discriminator = ray.train.torch.prepare_model(models.discriminator)
     optimizers = build_optimizers(models, cfg.optim)
@@ -106,7 +113,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for opt, base in zip((optimizers.generator, optimizers.discriminator), base_lrs):
             for group in opt.param_groups:
                 group["lr"] = base * _schedule(cfg, step)
-        text = models.clip.encode_text(batch["captions"])
+        captions = batch["captions"]
+        if cfg.run.caption_dropout > 0:  # seeded by (seed, step, rank): resumes identically
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 101 + rank)
+            captions = drop_captions(captions, cfg.run.caption_dropout, g)
+        text = models.clip.encode_text(captions)
         try:
             losses = train_step(
                 models,
@@ -125,7 +136,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 write_nonfinite_marker(cfg, {"step": step + 1, "error": str(err)})
             ray.train.report({"step": step})
             return
-        ema.update(models.generator)
+        ema.update(models.generator, step)
         step += 1
         window_steps += 1
         metrics: dict[str, float] = {}

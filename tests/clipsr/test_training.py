@@ -92,3 +92,34 @@ def test_parameter_counts(tiny_clip):
     assert total == trainable > 0
     clip_total, clip_trainable = count_parameters(models.clip)
     assert clip_trainable == 0 and clip_total > 0
+
+
+def test_ema_warmup_follows_young_weights_then_reaches_its_decay():
+    from torch import nn
+
+    from clipsr.training import EMA
+
+    live = nn.Linear(2, 1, bias=False)
+    with torch.no_grad():
+        live.weight.zero_()
+    plain, warm = EMA(live, 0.999), EMA(live, 0.999, warmup=True)
+    with torch.no_grad():
+        live.weight.fill_(1.0)
+    for step in range(1000):
+        plain.update(live, step)
+        warm.update(live, step)
+    # without warm-up 0.999**1000 = 37% of the initial weights remain; with it, about 1%
+    assert abs(float(plain.model.weight[0, 0]) - (1 - 0.999**1000)) < 1e-4
+    assert float(warm.model.weight[0, 0]) > 0.98
+    assert warm.decay_at(0) == 0.1 and warm.decay_at(10**6) == 0.999
+
+
+def test_caption_dropout_is_seeded_and_drops_about_its_share():
+    from clipsr.training import drop_captions
+
+    captions = [f"caption {i}" for i in range(2000)]
+    a = drop_captions(captions, 0.25, torch.Generator().manual_seed(3))
+    b = drop_captions(captions, 0.25, torch.Generator().manual_seed(3))
+    assert a == b and 0.2 < a.count("") / len(a) < 0.3
+    assert all(x in ("", c) for x, c in zip(a, captions))
+    assert drop_captions(captions, 0.0, torch.Generator()) == captions

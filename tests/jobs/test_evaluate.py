@@ -40,12 +40,13 @@ from tests.services import free_port
 TEST_SAMPLES = 8
 
 
-def _preprocess(corpus: Path, out: Path, scales: str) -> Path:
+def _preprocess(corpus: Path, out: Path, scales: str, *extra: str) -> Path:
     from pipelines.preprocess import run_preprocess
     from pipelines.preprocess_config import load_preprocess_config
 
     overrides = [f"source.path={corpus}", "source.kind=folder", "source.folder_split_dirs=true"]
     overrides += [f"output={out}", "hr_size=128", f"scales={scales}", "samples_per_shard=3"]
+    overrides += list(extra)
     run_preprocess(load_preprocess_config(None, overrides), progress=False)
     return out
 
@@ -226,6 +227,33 @@ def test_repeatable_bytes_local_and_ray_and_the_caption_ablation(
     small_doc = _doc(small.json_path)
     assert small_doc["samples"] == 4 and small_doc["settings"]["batch_size"] == 2
     assert [r["key"] for r in small_doc["per_sample"]["x4"]] == [r["key"] for r in rows[:4]]
+
+
+def test_prompt_adherence_where_the_shard_set_declares_attributes(ray_session, tiny_clip, tmp_path):
+    from pipelines.bundled_corpus import write_shapes
+
+    write_shapes(tmp_path / "corpus", train=2, test=6)
+    shards = _preprocess(tmp_path / "corpus", tmp_path / "shards", "[16]", "degradation.kind=box")
+    assert read_dataset_manifest(str(shards))["attributes"]["kind"] == "cell-shapes"
+    checkpoint = text_sensitive_checkpoint(
+        tiny_clip, tmp_path / "ck", 16, "model.generator.lr_pre_upsample=1"
+    )
+    result = run_evaluate(_local_cfg(checkpoint, shards, tmp_path / "out", "mode=local"), print)
+    doc = _doc(result.json_path)
+    m, rows = doc["metrics"]["x16"], doc["per_sample"]["x16"]
+    assert m["adherence_samples"] == 6 == len(rows) and m["adherence_chance"] == 0.25
+    objects = sum(r["objects"] for r in rows)
+    assert objects > 6 and all(r["edit_objects"] == 3 * r["objects"] for r in rows)
+    assert m["adherence"] == round(sum(r["adherent"] for r in rows) / objects, 6)
+    assert m["edit_success"] == round(sum(r["edit_hits"] for r in rows) / (3 * objects), 6)
+    assert m["text_gain_shape_psnr"] == round(m["psnr"] - m["psnr_shape_swapped"], 6)
+    assert all(len(r["verdicts"]) == 4 for r in rows)
+    assert "x16/adherence" in result.metrics and "x16/edit_success" in result.metrics
+    report = result.report_path.read_text()
+    assert "Prompt adherence" in report and "Zoomed crops" in report
+    zooms = sorted((tmp_path / "out" / "images").glob("x16_0000_zoom_*.png"))
+    assert len(zooms) == 7  # LR, bicubic, SR true, 3 swapped shapes, HR
+    assert Image.open(zooms[0]).size == (128, 128)  # two 16 px cells at 4x
 
 
 def _lpips_files(directory: Path) -> tuple[Path, Path]:
