@@ -96,8 +96,15 @@ class Demo:
         from pipelines.storage import StorageOptions
 
         opts = StorageOptions(endpoint_url=self.cfg.endpoint_url)
+        from jobs.pretrain_clip_config import load_pretrain_clip_config
+
+        names = []
         for corpus in MODELS:
-            name = load_train_config(_path(getattr(self.cfg, corpus).train_config)).run.name
+            model = getattr(self.cfg, corpus)
+            names.append(load_train_config(_path(model.train_config)).run.name)
+            if model.clip_config:
+                names.append(load_pretrain_clip_config(_path(model.clip_config)).run.name)
+        for name in names:
             run_dir = self._join("runs", name)
             log.info("fresh: deleting the training run %s", run_dir)
             if not storage.is_s3(run_dir):
@@ -121,12 +128,12 @@ class Demo:
             ),
         }
 
-    def preprocess(self, corpus: str) -> dict:
+    def preprocess(self, corpus: str, model: DemoModelConfig) -> dict:
         from pipelines.preprocess import run_preprocess
         from pipelines.preprocess_config import load_preprocess_config
 
         pcfg = load_preprocess_config(
-            _path(self.cfg.preprocess_config),
+            _path(model.preprocess_config),
             [
                 f"source.path={self.workdir / 'corpus' / corpus}",
                 f"output={self._join('shards', corpus)}",
@@ -141,7 +148,31 @@ class Demo:
             "rejected": summary.rejected,
         }
 
-    def train(self, corpus: str, model: DemoModelConfig, shards: str) -> dict:
+    def pretrain_clip(self, model: DemoModelConfig, shards: str) -> dict:
+        """The corpus's domain CLIP (clipsr pretrain-clip), for the model's CLIP."""
+        from jobs.pretrain_clip import run_pretrain_clip
+        from jobs.pretrain_clip_config import load_pretrain_clip_config
+
+        overrides = [
+            f"data.shards={shards}",
+            f"data.endpoint_url={self.cfg.endpoint_url}",
+            f"run.storage_path={self._join('runs')}",
+            f"run.ray_address={self.cfg.ray_address}",
+            f"tracking.tracking_uri={self.tracking_uri}",
+        ]
+        if model.clip_steps:
+            overrides.append(f"run.steps={model.clip_steps}")
+        ccfg = load_pretrain_clip_config(_path(model.clip_config), overrides)
+        ccfg.output = str(self.workdir / "clip" / f"{ccfg.run.name}.safetensors")
+        result = run_pretrain_clip(ccfg)
+        return {
+            "weights": result.output,
+            "registered": result.registered,
+            "run_id": result.run_id,
+            "metrics": result.metrics,
+        }
+
+    def train(self, corpus: str, model: DemoModelConfig, shards: str, clip: dict) -> dict:
         from jobs.train import run_train
         from jobs.train_config import load_train_config
 
@@ -155,6 +186,8 @@ class Demo:
         ]
         if model.steps:
             overrides.append(f"run.steps={model.steps}")
+        if clip:
+            overrides.append(f"model.clip.checkpoint={clip['weights']}")
         tcfg = load_train_config(_path(model.train_config), overrides)
         result = run_train(tcfg)
         if result.model_version is None:
@@ -245,12 +278,14 @@ class Demo:
         manifest = read_dataset_manifest(shards, lambda u: storage.read_bytes(u, opts))
         urls = shard_urls(shards, "test", manifest)
         batch = next(iter_eval_batches(urls, resolver.scale, 1, limit=1, opener=_opener(opts)))
-        lr = tensor_to_image(batch["lr"][0])
+        lr, hr = tensor_to_image(batch["lr"][0]), tensor_to_image(batch["hr"][0])
         texts = edited_prompts(model.prompts, model.prompt_swaps, batch["captions"][0])
         results, scores = resolver.prompt_edit(lr, texts)
+        verdicts = _verdicts(manifest.get("attributes"), texts, results, hr)
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"{corpus}_prompt_editing.png"
-        prompt_grid(lr, results, texts, scores).save(path)
+        label = f"CLIP: {resolver.clip.weights_source}"
+        prompt_grid(lr, results, texts, scores, hr, verdicts, label).save(path)
         return str(path)
 
     # -- the pipeline ---------------------------------------------------------------------
@@ -260,12 +295,21 @@ class Demo:
         model: DemoModelConfig = getattr(cfg, corpus)
         pre = st.run(
             f"preprocess {corpus}",
-            _fingerprint(counts, self.storage, _read(cfg.preprocess_config)),
-            lambda: self.preprocess(corpus),
+            _fingerprint(counts, self.storage, _read(model.preprocess_config)),
+            lambda: self.preprocess(corpus, model),
         )
         shards = pre["shards"]
-        train_fp = _fingerprint(pre, _read(model.train_config), model.steps, cfg.num_workers)
-        trained = st.run(f"train x{scale}", train_fp, lambda: self.train(corpus, model, shards))
+        clip: dict = {}
+        if model.clip_config:
+            clip = st.run(
+                f"pretrain-clip {corpus}",
+                _fingerprint(pre, _read(model.clip_config), model.clip_steps),
+                lambda: self.pretrain_clip(model, shards),
+            )
+        train_fp = _fingerprint(pre, clip, _read(model.train_config), model.steps, cfg.num_workers)
+        trained = st.run(
+            f"train x{scale}", train_fp, lambda: self.train(corpus, model, shards, clip)
+        )
         evaluated = st.run(
             f"evaluate x{scale}",
             _fingerprint(trained, cfg.eval_limit),
@@ -284,6 +328,7 @@ class Demo:
         return {
             "scale": scale,
             "preprocess": pre,
+            "clip": clip,
             "train": trained,
             "evaluate": evaluated,
             "promote": promoted,
@@ -315,6 +360,30 @@ class Demo:
         results["tracking_uri"] = self.tracking_uri
         (self.workdir / SUMMARY).write_text(json.dumps(results, indent=2))
         return results
+
+
+def _verdicts(attributes: dict | None, prompts: list[str], results: list, hr) -> list | None:
+    """The shape the adherence classifier sees in each result (majority over the objects), for
+    sets that declare attributes; None otherwise."""
+    import numpy as np
+
+    from clipsr.adherence import KIND, ShapeAttributes
+
+    if not attributes or attributes.get("kind") != KIND:
+        return None
+    attrs = ShapeAttributes.from_dict(attributes)
+    truth = np.asarray(hr)
+    out = []
+    for prompt, image in zip(prompts, results):
+        parsed = attrs.parse(prompt)
+        if parsed is None:
+            out.append(None)
+            continue
+        occupied = attrs.occupied(truth, parsed.background)
+        labels = attrs.classify(np.asarray(image), parsed.colour, parsed.background, occupied)
+        valid = labels[labels >= 0]
+        out.append(attrs.shapes[int(np.bincount(valid).argmax())] if valid.size else None)
+    return out
 
 
 def _read(path: str) -> str:
