@@ -40,9 +40,7 @@ class ClipWeightsError(RuntimeError):
 def _create_open_clip(cfg: ClipConfig) -> tuple[nn.Module, str]:
     """Build the open_clip model; returns it and a description of where its weights came from."""
     schema = cfg.arch.startswith(("hf-hub:", "local-dir:"))
-    quick_gelu = cfg.quick_gelu
-    if quick_gelu is None:
-        quick_gelu = cfg.pretrained == "openai" or cfg.arch.endswith("-quickgelu")
+    quick_gelu = cfg.uses_quick_gelu
     kwargs = dict(force_quick_gelu=quick_gelu, cache_dir=cfg.cache_dir or None)
     if not cfg.has_weights:
         if cfg.arch not in open_clip.list_models():
@@ -198,7 +196,9 @@ class ClipBackbone(nn.Module):
 def _without_weights(cfg: ClipConfig) -> ClipConfig:
     from dataclasses import replace
 
-    return replace(cfg, pretrained="", checkpoint="", arch=_plain_arch(cfg))
+    # the same network: QuickGELU as resolved from the weights source (OpenAI: on)
+    quick_gelu = cfg.uses_quick_gelu
+    return replace(cfg, pretrained="", checkpoint="", arch=_plain_arch(cfg), quick_gelu=quick_gelu)
 
 
 def _plain_arch(cfg: ClipConfig) -> str:

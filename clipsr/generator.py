@@ -69,7 +69,20 @@ def _grid_conv(in_ch: int, out_ch: int, size: int, grid: tuple[int, int]) -> nn.
 
 
 class ClipFusionPath(nn.Module):
-    """TIFBlock(F_I, F_T) -> CLIP-ViT with predicted prompts -> F_U (at F_I's size)."""
+    """TIFBlock(F_I, F_T) -> CLIP-ViT with predicted prompts -> F_U (at F_I's size).
+
+    Two differences from the reference's live-branch variant (``no_clip.py``), both only in the
+    ``paper`` wiring (in ``release`` this path does not run):
+
+    - the image-fusion block applies the paper's TIFBlock order, modulation before convolution:
+      [Affine(512) -> LReLU -> Affine(512) -> LReLU -> conv 512->32] -> [Affine(32) -> ... ->
+      conv 32->512], plus the identity shortcut; the reference's ``TBlocks`` (GALIP's M_Block)
+      convolves first: conv 512->32 -> DFBLK(32) -> conv 32->512 -> DFBLK(512). The parameters
+      have the same shapes (a converted checkpoint places them by shape), the function differs.
+    - F_U (7x7 for ViT-B/32) is resized to F_I's 8x8 by ``model.generator.clip_output_resize``:
+      bilinear by default, where the reference's first refinement stage resizes by nearest
+      (``clip_output_resize: nearest`` reproduces it).
+    """
 
     def __init__(self, cfg: ModelConfig, text_dim: int, vit_width: int, grid_size: tuple[int, int]):
         super().__init__()
@@ -77,6 +90,7 @@ class ClipFusionPath(nn.Module):
         c4 = g.encoder_channels[3]
         self.prompt_blocks = list(g.prompt_blocks)
         self.residual_scale = g.clip_residual_scale
+        self.output_resize = g.clip_output_resize
         self.image_fusion = FusionResBlock(c4, c4, text_dim, g.fusion_mid_channels, g.text_softmax)
         self.prompt_predictor = PromptPredictor(text_dim, len(self.prompt_blocks), vit_width)
         self.to_vit = _grid_conv(c4, vit_width, cfg.lr_size * g.lr_pre_upsample // 8, grid_size)
@@ -95,7 +109,8 @@ class ClipFusionPath(nn.Module):
         vit = clip.run_trunk(fused, self.prompt_predictor(text), self.prompt_blocks)
         f_u = self.from_vit(fused + self.residual_scale * vit)
         if tuple(f_u.shape[-2:]) != tuple(size):
-            f_u = F.interpolate(f_u, size=size, mode="bilinear", align_corners=False)
+            extra = {} if self.output_resize == "nearest" else {"align_corners": False}
+            f_u = F.interpolate(f_u, size=size, mode=self.output_resize, **extra)
         return f_u
 
 
@@ -207,6 +222,8 @@ class CLIPSRGenerator(nn.Module):
         self.lr_pre_upsample = g.lr_pre_upsample
         self.image_encoder = ImageEncoder(g.encoder_channels)
         self.clip_fusion = ClipFusionPath(cfg, text_dim, vit_width, grid_size)
+        if self.wiring == "release":  # kept for its keys, never run: frozen, so that DDP does
+            self.clip_fusion.requires_grad_(False)  # not wait for gradients it never gets
         self.refinement = IterativeRefinement(cfg, text_dim)
         self.head = ReconstructionHead(
             g.encoder_channels[0],

@@ -4,7 +4,9 @@ One step, as the reference (GALIP) loop orders it:
 
 1. SR = G(LR, s) once, with its graph.
 2. D step: CLIP maps of HR (requiring grad, for MA-GP) and of SR.detach() go through D+C in one
-   batched pass; matching-aware hinge (real, fake, caption rolled by one) + MA-GP; Adam step.
+   batched pass; matching-aware hinge (real, fake, mismatched caption: the batch's captions
+   rolled by one, skipping repeats of the true caption; see ``mismatched_rows``) + MA-GP; Adam
+   step.
 3. G step on the same SR: L1 + perceptual + adversarial (through the updated D, called without
    its DDP wrapper and with frozen parameters, so no D gradients are computed or synchronised)
    - CLIP text-image cosine; Adam step.
@@ -28,6 +30,8 @@ from clipsr.discriminator import (
     discriminator_hinge_loss,
     generator_adversarial_loss,
     matching_aware_gradient_penalty,
+    mismatch_hinge,
+    mismatched_rows,
 )
 from clipsr.generator import CLIPSRGenerator
 from clipsr.losses import VGGPerceptualLoss, build_perceptual_loss, clip_text_similarity
@@ -113,14 +117,21 @@ def discriminator_loss(
     text: torch.Tensor,
     weights: LossWeights,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
-    """Matching-aware hinge + MA-GP; real, fake and mismatched caption in one batched D pass."""
+    """Matching-aware hinge + MA-GP; real, fake and mismatched caption in one batched D pass.
+
+    The mismatched caption of a sample is another sample's caption that differs from its own
+    (:func:`~clipsr.discriminator.mismatched_rows`); a sample with none (a per-rank batch of one,
+    or a batch of identical captions) is left out of the mismatch term, which is 0 when no
+    sample has one. The reference's ``roll(1)`` would pair such a sample with its true caption
+    and train D to reject a matching pair."""
     batch = hr.shape[0]
     with torch.no_grad():
         real_maps, _ = clip.image_features(hr)
         fake_maps, _ = clip.image_features(fake.detach())
     real_maps.requires_grad_(True)
     text_d = text.detach().clone().requires_grad_(True)
-    mismatched = text.detach().roll(1, dims=0)
+    mis_index, mis_valid = mismatched_rows(text)
+    mismatched = text.detach()[mis_index]
     logits, logits_mis = disc(
         torch.cat([real_maps, fake_maps]),
         torch.cat([text_d, text.detach()]),
@@ -130,12 +141,12 @@ def discriminator_loss(
     penalty = matching_aware_gradient_penalty(
         real, real_maps, text_d, weights.gradient_penalty, weights.gradient_penalty_power
     )
-    loss = discriminator_hinge_loss(real, fake_logits, mis) + penalty
+    loss = discriminator_hinge_loss(real, fake_logits, mis, mis_valid) + penalty
     parts = {
         "d_loss": loss,
         "d_real": torch.relu(1 - real).mean(),
         "d_fake": torch.relu(1 + fake_logits).mean(),
-        "d_mismatch": torch.relu(1 + mis).mean(),
+        "d_mismatch": mismatch_hinge(mis, mis_valid),
         "d_gradient_penalty": penalty,
     }
     return loss, parts
@@ -149,12 +160,17 @@ def generator_loss(
     weights: LossWeights,
 ) -> tuple[torch.Tensor, dict[str, torch.Tensor]]:
     """L1 + perceptual + adversarial - CLIP cosine, through D called without its DDP wrapper
-    and with frozen parameters (no D gradients are computed or synchronised)."""
+    and with frozen parameters (no D gradients are computed or synchronised).
+
+    Under an autocast context CLIP runs in low precision, but D+C runs in fp32 (autocast off,
+    inputs cast up), as in the D step: G is scored by D at the precision D was trained in,
+    at little cost (D reads the 7x7 CLIP maps; CLIP, not D, is the expensive part)."""
     plain_disc = _unwrap(models.discriminator)
     plain_disc.requires_grad_(False)
     try:
         fake_maps, fake_emb = models.clip.image_features(fake)
-        adversarial = generator_adversarial_loss(plain_disc(fake_maps, text))
+        with torch.autocast(fake.device.type, enabled=False):
+            adversarial = generator_adversarial_loss(plain_disc(fake_maps.float(), text.float()))
     finally:
         plain_disc.requires_grad_(True)
     reconstruction = torch.nn.functional.l1_loss(fake, hr)
@@ -183,7 +199,8 @@ class Precision:
     """Mixed precision for a step: autocast dtype (None = fp32) and the two GradScalers (fp16).
 
     G, CLIP and the perceptual net run under autocast; D+C and MA-GP stay in fp32 (a gradient
-    penalty in fp16 underflows).
+    penalty in fp16 underflows): the D step runs outside autocast, and in the G step
+    :func:`generator_loss` switches autocast off around D+C.
     """
 
     device_type: str = "cpu"

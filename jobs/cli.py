@@ -20,12 +20,17 @@ COMMANDS = {
     "promote": ("jobs.promote", "move the champion alias to a model version behind metric gates"),
     "upscale": ("jobs.upscale", "upscale images or shard sets with a model, guided by prompts"),
     "demo": ("jobs.demo", "the whole pipeline on bundled data: shard, train, evaluate, promote"),
+    "convert-reference": (
+        "jobs.convert_reference",
+        "the authors' released state_epoch_*.pth as a clipsr checkpoint",
+    ),
 }
 
 
 def usage() -> str:
     lines = ["usage: clipsr <command> [args...]", "", "commands:"]
-    lines += [f"  {name:<14} {help_}" for name, (_, help_) in COMMANDS.items()]
+    width = max(map(len, COMMANDS))
+    lines += [f"  {name:<{width}} {help_}" for name, (_, help_) in COMMANDS.items()]
     lines += ["", "Run 'clipsr <command> --help' for a command's options."]
     return "\n".join(lines)
 

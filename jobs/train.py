@@ -52,6 +52,7 @@ def absolute_local_paths(cfg) -> None:
     (``data.shards: runs/shards/bundled``) would name a different place there."""
     cfg.data.shards = _absolute(cfg.data.shards)
     cfg.run.storage_path = _absolute(cfg.run.storage_path)  # rank 0 writes the NaN marker there
+    cfg.run.init_from = _absolute(cfg.run.init_from)
     clip = cfg.model.clip
     clip.checkpoint = _absolute(clip.checkpoint)
     clip.cache_dir = _absolute(clip.cache_dir)
@@ -110,6 +111,10 @@ def check_inputs(cfg) -> tuple[dict, list[str], list[str], str]:
     train = shard_urls(cfg.data.shards, cfg.data.train_split, manifest)
     val = shard_urls(cfg.data.shards, cfg.data.val_split, manifest)
     check_perceptual_config(cfg.loss)
+    if cfg.run.init_from:
+        from clipsr.initial_weights import check_init_checkpoint
+
+        check_init_checkpoint(cfg.run.init_from, cfg)
     return manifest, train, val, manifest_sha256(manifest)
 
 
@@ -228,6 +233,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("overrides", nargs="*", help="overrides such as run.steps=200")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    from clipsr.checkpoint import CheckpointError
     from clipsr.config_loader import ConfigError
     from jobs.tracking import TrackingUnavailable
     from jobs.train_config import load_train_config
@@ -235,7 +241,13 @@ def main(argv: list[str] | None = None) -> int:
     try:
         cfg = load_train_config(args.config, args.overrides)
         result = run_train(cfg)
-    except (ConfigError, ValueError, FileNotFoundError, TrackingUnavailable) as err:
+    except (
+        ConfigError,
+        ValueError,
+        FileNotFoundError,
+        TrackingUnavailable,
+        CheckpointError,
+    ) as err:
         print(f"clipsr train: {err}", file=sys.stderr)
         return 2
     except TrainingFailed as err:

@@ -53,6 +53,10 @@ class TrainRunConfig:
     val_samples: int = 32
     # Ray Train restarts the workers from the last checkpoint this many times after a failure.
     max_failures: int = 2
+    # Start from the weights of this checkpoint directory (G, EMA, D, CLIP when it has them:
+    # a run's checkpoint, an exported model, clipsr convert-reference output); step, optimizers
+    # and data start afresh. Ignored once the run has checkpoints of its own (it resumes).
+    init_from: str = ""
     ray_address: str = ""
 
 

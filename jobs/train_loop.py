@@ -45,6 +45,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from clipsr.config_loader import from_dict
+    from clipsr.initial_weights import initial_clip, load_initial_weights
     from clipsr.shard_dataset import TrainingBatchStream, iter_eval_batches
     from clipsr.train_state import load_training_checkpoint
     from clipsr.training import (
@@ -63,8 +64,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed + rank)
-    models = build_models(cfg).to(device)
+    init = cfg.run.init_from
+    models = build_models(cfg, clip=initial_clip(cfg, init) if init else None).to(device)
     ema = EMA(models.generator, cfg.run.ema_decay, warmup=cfg.run.ema_warmup)
+    if init:  # a resume below overwrites every part again
+        loaded = load_initial_weights(init, models, ema)
+        if rank == 0:
+            log.info("weights from %s: %s", init, ", ".join(loaded))
     models.generator = ray.train.torch.prepare_model(models.generator)
     models.discriminator = ray.train.torch.prepare_model(models.discriminator)
     optimizers = build_optimizers(models, cfg.optim)

@@ -141,3 +141,17 @@ def test_trunk_without_prompts_equals_the_vit(tiny_clip):
     prompts = torch.randn(2, 2, tiny_clip.width)
     with_prompts = tiny_clip.run_trunk(grid, prompts, [1, 2])
     assert with_prompts.shape == ours.shape and not torch.allclose(with_prompts, ours)
+
+
+def test_weights_from_a_checkpoint_keep_the_quick_gelu_of_their_source(tiny_clip):
+    """A config naming OpenAI weights (QuickGELU) rebuilt from saved weights stays QuickGELU."""
+    from dataclasses import replace
+
+    from open_clip.transformer import QuickGELU
+
+    from clipsr.clip_backbone import ClipBackbone
+
+    cfg = replace(tiny_clip.cfg, pretrained="openai")
+    clip = ClipBackbone(cfg, state_dict=tiny_clip.weights_state_dict())
+    assert isinstance(clip.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
+    assert not isinstance(tiny_clip.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)

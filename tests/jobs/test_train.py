@@ -289,3 +289,21 @@ def test_wrong_scale_and_unreachable_tracking_fail_before_ray(shards, tmp_path):
     assert res.returncode == 2 and "http://127.0.0.1:9" in res.stderr
     assert time.time() - start < 60
     assert not (tmp_path / "tiny-x4").exists()  # nothing started
+
+
+def test_init_from_a_checkpoint_of_another_model_fails_before_ray(
+    shards, tiny_clip, tmp_path, capsys
+):
+    from clipsr.inference import save_generator_checkpoint
+    from clipsr.training import build_generator
+    from jobs.train import main
+    from tests.conftest import tiny_config
+
+    cfg8 = tiny_config(8)
+    save_generator_checkpoint(tmp_path / "x8", cfg8, build_generator(cfg8, tiny_clip), tiny_clip)
+    args = [str(TRAIN_CFG), f"data.shards={shards}", f"run.storage_path={tmp_path}"]
+    assert main([*args, f"run.init_from={tmp_path / 'x8'}"]) == 2
+    err = capsys.readouterr().err
+    assert "run.init_from: the generator weights in" in err and "head.upsample.4" in err
+    assert main([*args, f"run.init_from={tmp_path / 'none'}"]) == 2
+    assert "checkpoint directory not found" in capsys.readouterr().err
