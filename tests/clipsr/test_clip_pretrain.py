@@ -69,10 +69,10 @@ def test_tiny_clip_learns_shapes_and_colours_of_the_set():
     x_train, x_test = tensor(train), tensor(test)
     truth = [attrs.parse(i.caption) for i in test]
     before = zero_shot_accuracy(model, tokenizer, clip_input, attrs, x_test, truth)
-    opt = torch.optim.AdamW(model.parameters(), lr=2e-3, weight_decay=0.1)
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-3, weight_decay=0.1, betas=(0.9, 0.98))
     loss_fn, g = contrastive_loss(), torch.Generator().manual_seed(0)
-    for _ in range(150):
-        idx = torch.randint(0, len(train), (32,), generator=g)
+    for _ in range(200):
+        idx = torch.randint(0, len(train), (64,), generator=g)
         loss = clip_loss_step(
             model, tokenizer, clip_input, loss_fn, x_train[idx], [train[i].caption for i in idx]
         )
