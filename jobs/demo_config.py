@@ -83,7 +83,7 @@ class DemoConfig:
             raise ConfigError(f"preprocess_config: no such file {self.preprocess_config}")
 
 
-def load_demo_config(path: str | Path | None, overrides: list[str] = ()) -> DemoConfig:
-    cfg = load_config(DemoConfig, path, overrides)
-    cfg.validate()
-    return cfg
+def load_demo_config(
+    path: str | Path | None, overrides: list[str] = (), validate: bool = True
+) -> DemoConfig:
+    return load_config(DemoConfig, path, overrides, validate)

@@ -46,6 +46,7 @@ class PreprocessSummary:
     shards_skipped: int = 0
     seconds: float = 0.0
     output: str = ""
+    total_written: int = 0  # samples in the dataset (this run's and committed shards')
 
     @property
     def samples_per_second(self) -> float:
@@ -195,7 +196,8 @@ def run_preprocess(cfg: PreprocessConfig, progress: bool = True) -> PreprocessSu
     )
     if todo:
         _write_with_ray(cfg, todo, summary, progress)
-    _finish(cfg, plans, duplicates, chash)
+    manifest = _finish(cfg, plans, duplicates, chash)
+    summary.total_written = sum(c["samples"] for c in manifest["splits"].values())
     summary.rejected = dict(sorted(Counter(summary.rejected).items()))
     summary.seconds = time.time() - start
     return summary
@@ -236,8 +238,9 @@ def _write_row(row: dict[str, Any], cfg_dict: dict[str, Any]) -> dict[str, Any]:
     return {"name": row["name"], "stats": json.dumps(stats)}
 
 
-def _finish(cfg, plans, duplicates, chash) -> None:
-    """Manifest, sizes and rejects from every shard's committed stats (this run's and earlier)."""
+def _finish(cfg, plans, duplicates, chash) -> dict[str, Any]:
+    """Manifest, sizes and rejects from every shard's committed stats (this run's and earlier);
+    returns the manifest."""
     shards, rejects = [], list(duplicates)
     counts: dict[str, dict[str, int]] = {}
     for plan in plans:
@@ -277,3 +280,4 @@ def _finish(cfg, plans, duplicates, chash) -> None:
     storage.write_bytes(
         storage.join(cfg.output, MANIFEST), json.dumps(manifest, indent=1).encode(), cfg.storage
     )
+    return manifest
