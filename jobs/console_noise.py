@@ -14,6 +14,7 @@ import os
 import re
 import sys
 import threading
+import time
 from dataclasses import dataclass
 
 BUDGET = 0.10  # share of the console bytes
@@ -118,8 +119,18 @@ class Transcript:
         for fd, saved in self._saved.items():
             os.dup2(saved, fd)  # the pump keeps forwarding what Ray's processes still write
 
-    def text(self) -> str:
+    def text(self, settle_s: float = 0.2) -> str:
+        """What was recorded, once the pipes have been quiet for ``settle_s`` (the pumps may
+        still be copying what was just written)."""
         sys.stdout.flush()
         sys.stderr.flush()
+        size, deadline = -1, time.monotonic() + 5.0
+        while time.monotonic() < deadline:
+            with self._lock:
+                now = sum(len(c) for c in self._chunks)
+            if now == size:
+                break
+            size = now
+            time.sleep(settle_s)
         with self._lock:
             return b"".join(self._chunks).decode("utf-8", "replace")
