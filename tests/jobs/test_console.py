@@ -110,7 +110,7 @@ def test_summarize_finds_the_workers_own_error():
             self.cause = cause
 
     inner = ValueError("resize_range must hold 1")
-    text = "ray::_write_row()\nTraceback (most recent call last):\n  File \"x\"\nValueError: boom"
+    text = 'ray::_write_row()\nTraceback (most recent call last):\n  File "x"\nValueError: boom'
     assert console.summarize(RayTaskError(text, inner)) == "resize_range must hold 1"
     assert console.summarize(RuntimeError(text)) == "ValueError: boom"
     assert console.summarize(RuntimeError("")) == "RuntimeError"
