@@ -231,3 +231,20 @@ def test_verbose_shows_the_traceback_and_a_deprecated_flag_warns(world, capsys, 
     err = capsys.readouterr().err
     assert rc == 2 and "Traceback (most recent call last)" in err
     assert err.strip().splitlines()[-1] == "clipsr evaluate: concurrency: must be >= 1, got 0"
+
+
+def test_a_preprocess_that_writes_no_sample_exits_1(ray_session, tmp_path, capsys):
+    corpus = tmp_path / "corpus"
+    corpus.mkdir()
+    for name in ("a", "b"):
+        (corpus / f"{name}.png").write_bytes(b"not an image at all")
+        (corpus / f"{name}.txt").write_text("a caption\n")
+    config = tmp_path / "pre.yaml"
+    config.write_text(f"source: {{kind: folder, path: '{corpus}'}}\nhr_size: 64\nscales: [4]\n")
+    out = tmp_path / "out"
+    assert main(["preprocess", str(config), f"output={out}", "--no-progress"]) == 1
+    captured = capsys.readouterr()
+    assert "0 written, 2 rejected (not_an_image 2)" in captured.out
+    err = captured.err.strip().splitlines()
+    assert len(err) == 1 and "no sample was written" in err[0] and "rejects.jsonl" in err[0]
+    assert len((out / "rejects.jsonl").read_text().splitlines()) == 2
