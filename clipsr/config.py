@@ -193,6 +193,8 @@ class CLIPSRConfig:
         self.model.validate()
 
 
-def load_clipsr_config(path: str | Path | None, overrides: list[str] = ()) -> CLIPSRConfig:
+def load_clipsr_config(
+    path: str | Path | None, overrides: list[str] = (), validate: bool = True
+) -> CLIPSRConfig:
     """Load a model/training config preset (``configs/*.yaml``) with ``a.b=value`` overrides."""
-    return load_config(CLIPSRConfig, path, overrides)
+    return load_config(CLIPSRConfig, path, overrides, validate)

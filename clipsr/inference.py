@@ -81,7 +81,8 @@ class SuperResolver:
             if ("clip" in manifest["parts"])
             else None
         )
-        clip = ClipBackbone(cfg.model.clip, state_dict=clip_state)
+        origin = str(manifest.get("clip_weights") or "checkpoint")
+        clip = ClipBackbone(cfg.model.clip, state_dict=clip_state, origin=origin)
         generator = CLIPSRGenerator(cfg.model, clip.embed_dim, clip.width, clip.grid_size)
         state = load_part(directory, "generator", manifest=manifest)
         try:

@@ -12,7 +12,7 @@ starts over.
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -20,7 +20,6 @@ import os
 import shutil
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -29,13 +28,22 @@ os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # local Ray on 
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from clipsr.config_loader import ConfigError, to_dict
+from jobs import console
 from jobs.demo_config import ROOT, DemoConfig, DemoModelConfig, load_demo_config
-from jobs.demo_summary import MODELS, SUMMARY, checks, edited_prompts, format_summary
+from jobs.demo_summary import (
+    MODELS,
+    SUMMARY,
+    checks,
+    edited_prompts,
+    format_summary,
+    stage_details,
+    stage_line,
+)
 from jobs.ray_setup import train_runtime_env
 
 log = logging.getLogger("clipsr.demo")
 STATE = "demo_state.json"
+PROG = "clipsr demo"
 
 
 def _path(path: str) -> str:
@@ -59,18 +67,27 @@ class Stages:
         self.times: dict[str, float] = {}
 
     def run(self, name: str, fingerprint: str, fn: Callable[[], dict]) -> dict:
+        """Run (or reuse) a stage; print one line with its result, and the evaluation and gate
+        tables under the stages that have them."""
         done = self.state.get(name)
         if done and done.get("fingerprint") == fingerprint:
-            log.info("stage %s: reusing the finished result (%s)", name, self.path)
             self.times[name] = 0.0
+            self._show(name, done["result"], "reused")
             return done["result"]
-        log.info("stage %s: running", name)
         start = time.perf_counter()
         result = fn()
         self.times[name] = time.perf_counter() - start
         self.state[name] = {"fingerprint": fingerprint, "result": result}
         self.path.write_text(json.dumps(self.state, indent=2, sort_keys=True))
+        self._show(name, result, f"{self.times[name]:.0f} s")
         return result
+
+    @staticmethod
+    def _show(name: str, result: dict, when: str) -> None:
+        print(f"stage {name}: {stage_line(name, result)} ({when})", flush=True)
+        details = stage_details(name, result)
+        if details:
+            print(details, flush=True)
 
 
 class Demo:
@@ -106,7 +123,7 @@ class Demo:
                 names.append(load_pretrain_clip_config(_path(model.clip_config)).run.name)
         for name in names:
             run_dir = self._join("runs", name)
-            log.info("fresh: deleting the training run %s", run_dir)
+            log.debug("fresh: deleting the training run %s", run_dir)
             if not storage.is_s3(run_dir):
                 shutil.rmtree(run_dir, ignore_errors=True)
                 continue
@@ -144,7 +161,7 @@ class Demo:
         summary = run_preprocess(pcfg, progress=True)
         return {
             "shards": pcfg.output,
-            "written": summary.written,
+            "written": summary.total_written,
             "rejected": summary.rejected,
         }
 
@@ -173,7 +190,7 @@ class Demo:
         }
 
     def train(self, corpus: str, model: DemoModelConfig, shards: str, clip: dict) -> dict:
-        from jobs.train import run_train
+        from jobs.train import configured_clip_weights, run_train
         from jobs.train_config import load_train_config
 
         overrides = [
@@ -194,12 +211,12 @@ class Demo:
             raise DemoStageFailed(f"training {corpus} registered no model version")
         return {
             "run_id": result.run_id,
+            "model_uri": result.model_uri,
+            "steps": int(result.metrics.get("step", 0)),
             "checkpoint": result.checkpoint,
             "registered_model": tcfg.tracking.registered_model,
             "version": result.model_version,
-            "clip_weights": tcfg.model.clip.pretrained
-            or tcfg.model.clip.checkpoint
-            or "none: a randomly initialised CLIP (no weights configured)",
+            "clip_weights": configured_clip_weights(tcfg.model.clip),
             "metrics": {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))},
         }
 
@@ -219,7 +236,7 @@ class Demo:
                 f"limit={self.cfg.eval_limit}",
             ],
         )
-        result = run_evaluate(ecfg)
+        result = run_evaluate(ecfg, log=log.debug)  # the stage's line says it
         return {
             "model_uri": uri,
             "run_id": result.run_id,
@@ -229,7 +246,7 @@ class Demo:
         }
 
     def promote(self, model: DemoModelConfig, trained: dict) -> dict:
-        from jobs.promote import run_promote
+        from jobs.promote import format_gates, run_promote
         from jobs.promote_config import load_promote_config
 
         pcfg = load_promote_config(
@@ -242,13 +259,20 @@ class Demo:
             ],
         )
         result = run_promote(pcfg)
+        gates = format_gates(result.gates)
         if result.action not in ("promoted", "first_champion", "noop"):
+            print(gates, flush=True)  # the table that refused it
             reasons = "; ".join(result.reasons)
             raise DemoStageFailed(
                 f"promotion of {trained['registered_model']} version {trained['version']} was "
                 f"refused: {reasons} (gates: {model.promote_config})"
             )
-        return {"action": result.action, "alias": f"{trained['registered_model']}@champion"}
+        return {
+            "action": result.action,
+            "alias": f"{trained['registered_model']}@champion",
+            "version": trained["version"],
+            "gates": gates,
+        }
 
     def upscale(self, corpus: str, model: DemoModelConfig, trained: dict, shards: str) -> dict:
         from jobs.tracking import load_resolver
@@ -346,6 +370,7 @@ class Demo:
                 log_to_driver=True,
                 runtime_env=train_runtime_env({"OMP_NUM_THREADS": "1"}, dashboard=False),
             )
+        console.ray_data_progress(ours=True)  # preprocess and upscale show their own bars
         st = self.stages
         corpora = st.run(
             "corpus",
@@ -396,40 +421,49 @@ def _opener(opts):
     return lambda url: storage.open_read(url, opts)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="clipsr demo", description=__doc__.split("\n\n")[0])
+def build_parser() -> console.Parser:
+    parser = console.Parser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("config", nargs="?", help="optional YAML (fields of jobs/demo_config.py)")
     parser.add_argument("overrides", nargs="*", help="overrides such as workdir=/tmp/demo")
     parser.add_argument(
         "--check", action="store_true", help="exit 1 unless every check of the summary passed"
     )
-    args = parser.parse_args(argv)
+    return parser
+
+
+@console.command(PROG)
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     if args.config and "=" in args.config:  # only overrides were given
         args.overrides.insert(0, args.config)
         args.config = None
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_demo_config(args.config, args.overrides)
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"clipsr demo: {err}", file=sys.stderr)
-        return 2
-    print(f"clipsr demo: {to_dict(cfg)}")
+    cfg = load_demo_config(args.config, args.overrides)
+    workdir = Path(cfg.workdir).resolve()
+    print(
+        f"clipsr demo in {workdir} (storage {cfg.storage or workdir}; MLflow "
+        f"{cfg.tracking_uri or os.environ.get('MLFLOW_TRACKING_URI') or 'embedded'}; "
+        f"Ray {cfg.ray_address or os.environ.get('RAY_ADDRESS') or 'local'}); settings: "
+        "clipsr config show demo",
+        flush=True,
+    )
     from clipsr.checkpoint import CheckpointError
-    from clipsr.clip_backbone import RandomClipWeightsWarning
+    from jobs.console_noise import BUDGET, Transcript, measure
     from jobs.tracking import ModelNotFound, TrackingUnavailable
     from jobs.train import TrainingFailed
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("once", RandomClipWeightsWarning)
-        try:
+    transcript = Transcript() if args.check else contextlib.nullcontext()
+    try:
+        with transcript:
             results = Demo(cfg).run()
-        except (DemoStageFailed, TrainingFailed, TrackingUnavailable, ModelNotFound) as err:
-            print(f"clipsr demo: {err}\n(a rerun reuses the stages that finished)", file=sys.stderr)
-            return 1
-        except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as err:
-            print(f"clipsr demo: {err}", file=sys.stderr)
-            return 2
-    print(format_summary(results, Path(cfg.workdir).resolve()))
+    except (DemoStageFailed, TrainingFailed, TrackingUnavailable, ModelNotFound) as err:
+        return console.fail(PROG, f"{err} (a rerun reuses the stages that finished)", 1)
+    except CheckpointError as err:
+        return console.fail(PROG, err, 2)
+    if args.check:  # the console itself is checked: quiet by default
+        noise = measure(transcript.text())
+        results["checks"][f"console: known library noise below {BUDGET:.0%}"] = noise.share < BUDGET
+        results["console_noise"] = noise.describe()
+    print(format_summary(results, workdir))
     if args.check and not all(results["checks"].values()):
         return 1
     return 0

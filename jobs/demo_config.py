@@ -92,7 +92,7 @@ class DemoConfig:
                 raise ConfigError(f"{name}.steps/{name}.clip_steps: must be >= 0")
 
 
-def load_demo_config(path: str | Path | None, overrides: list[str] = ()) -> DemoConfig:
-    cfg = load_config(DemoConfig, path, overrides)
-    cfg.validate()
-    return cfg
+def load_demo_config(
+    path: str | Path | None, overrides: list[str] = (), validate: bool = True
+) -> DemoConfig:
+    return load_config(DemoConfig, path, overrides, validate)

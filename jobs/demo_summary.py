@@ -27,6 +27,64 @@ MIN_ADHERENCE = 0.5
 MIN_EDIT_SUCCESS = 0.5
 
 
+def stage_line(name: str, result: dict) -> str:
+    """The one line a finished (or reused) stage of the demo prints: its result."""
+    kind = name.split()[0]
+    if kind == "corpus":
+        return ", ".join(f"{corpus} {_count(r)}" for corpus, r in result.items())
+    if kind == "preprocess":
+        rejected = sum(result.get("rejected", {}).values())
+        return f"{result['written']} samples written, {rejected} rejected -> {result['shards']}"
+    if kind == "pretrain-clip":
+        shown = ", ".join(
+            f"{k.removeprefix('clip/')} {v:.0%}"
+            for k, v in sorted(result.get("metrics", {}).items())
+            if k.startswith("clip/zero_shot")
+        )
+        return f"{result['weights']} (held-out zero-shot: {shown}); {result.get('registered')}"
+    if kind == "train":
+        steps = f"{result['steps']} steps, " if result.get("steps") else ""
+        uri = result.get("model_uri") or f"models:/{result['registered_model']}/{result['version']}"
+        return f"{steps}registered {uri}; CLIP weights: {result.get('clip_weights', '?')}"
+    if kind == "evaluate":
+        scale = name.split()[1]
+        m = result["metrics"]
+        return (
+            f"PSNR {m[f'{scale}/psnr']:.2f} dB vs bicubic {m[f'{scale}/psnr_bicubic']:.2f} dB on "
+            f"{int(m[f'{scale}/samples'])} held-out samples; report {result['report']}"
+        )
+    if kind == "promote":
+        return f"{result['action'].replace('_', ' ')}: {result['alias']} -> version " + str(
+            result.get("version", "?")
+        )
+    if kind == "upscale":
+        return f"{result['written']} images -> {result['out']}; prompt editing {result['grid']}"
+    return ""
+
+
+def _count(result: object) -> str:
+    if isinstance(result, dict):
+        numbers = {k: v for k, v in result.items() if isinstance(v, int)}
+        return ", ".join(f"{v} {k}" for k, v in numbers.items()) or "written"
+    return "written"
+
+
+def stage_details(name: str, result: dict) -> str:
+    """What a stage shows under its line: the evaluation table, the gate table."""
+    kind = name.split()[0]
+    if kind == "evaluate":
+        from jobs.evaluate import format_table
+
+        return _indent(format_table(result["metrics"]))
+    if kind == "promote" and result.get("gates"):
+        return _indent(result["gates"])
+    return ""
+
+
+def _indent(text: str) -> str:
+    return "\n".join("    " + line if line else line for line in text.splitlines())
+
+
 def checks(results: dict) -> dict[str, bool]:
     """The demo's claims: 4x beats bicubic on held-out photos; at 16x on the leak-free shapes
     the model draws the shape its caption names, and a swapped shape word, well above chance."""
@@ -97,6 +155,8 @@ def format_summary(results: dict, workdir: Path) -> str:
     lines += [f"  {k:<20} {v:>7.1f} s" for k, v in results["seconds"].items()]
     lines += ["", "checks:"]
     lines += [f"  [{'ok' if v else 'FAILED'}] {k}" for k, v in results["checks"].items()]
+    if results.get("console_noise"):
+        lines.append(f"  console: {results['console_noise']}")
     lines += ["", "outputs:"]
     for corpus in MODELS:
         r = results[corpus]

@@ -43,6 +43,7 @@ th:first-child, td:first-child { text-align: left; }
 .zoom td { font-size: 0.8em; max-width: 10em; }
 .grid td.caption { text-align: left; max-width: 24em; font-size: 0.9em; }
 code { font-size: 0.9em; }
+.warning { color: #8a3b00; }
 """
 
 
@@ -206,11 +207,36 @@ def _sample_table(scale: int, rows: list[dict[str, Any]]) -> list[str]:
     return out
 
 
+def _provenance(model: dict[str, Any], run: dict[str, str] | None) -> list[str]:
+    """Which CLIP the model ran on (with a warning when it is random) and the MLflow run."""
+    out = []
+    weights = model.get("clip_weights")
+    if weights:
+        out.append(f"<p>CLIP weights: <b>{_e(weights)}</b>.</p>")
+        if weights.startswith("random"):
+            out.append(
+                '<p class="warning">CLIP is randomly initialised: the CLIP-score and the '
+                "caption ablation measure a random text encoder, not pretrained semantics.</p>"
+            )
+    if run:
+        serve = f" (serve it first: <code>{_e(run['serve'])}</code>)" if run.get("serve") else ""
+        out.append(
+            f"<p>MLflow run <code>{_e(run['id'])}</code>: "
+            f'<a href="{_e(run["url"])}">{_e(run["url"])}</a>{serve}</p>'
+        )
+    return out
+
+
 def write_report(
-    out_dir: str | Path, doc: dict[str, Any], grid_rows: dict[int, list[dict[str, Any]]]
+    out_dir: str | Path,
+    doc: dict[str, Any],
+    grid_rows: dict[int, list[dict[str, Any]]],
+    run: dict[str, str] | None = None,
 ) -> Path:
     """``out_dir/report.html`` for the evaluation document ``doc`` (the JSON's content) and the
-    rows with images per scale; the PNGs go to ``out_dir/images/``. Returns the report's path."""
+    rows with images per scale; the PNGs go to ``out_dir/images/``; ``run`` (``id``, ``url``,
+    ``serve``: :func:`jobs.tracking.run_page`) is the MLflow run it is logged to. Returns the
+    report's path."""
     out_dir = Path(out_dir)
     model = doc["model"]
     version = f" version {model['version']}" if model.get("version") else ""
@@ -225,6 +251,7 @@ def write_report(
         f"<p>model <code>{_e(model['uri'])}</code>; {_e(doc['split'])} split of the shard set "
         f"<code>{_e(doc['manifest_sha256'][:16])}</code>; {doc['samples']} samples; "
         f"crop border {doc['settings']['crop_border']}.</p>",
+        *_provenance(model, run),
     ]
     for scale_key, metrics in doc["metrics"].items():
         scale = int(scale_key.removeprefix("x"))

@@ -15,7 +15,6 @@ discriminator and its text embeddings meaningless.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import shutil
@@ -178,28 +177,39 @@ def run_pretrain_clip(cfg) -> PretrainClipResult:
     return PretrainClipResult(run_id, str(output), metrics, registered)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(
-        prog="clipsr pretrain-clip", description=__doc__.split("\n\n")[0]
-    )
+PROG = "clipsr pretrain-clip"
+
+
+def build_parser():
+    from jobs import console
+
+    parser = console.Parser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="YAML config (e.g. configs/pretrain_clip/tiny.yaml)")
     parser.add_argument("overrides", nargs="*", help="overrides such as run.steps=200")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from clipsr.config_loader import ConfigError
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    from jobs import console
+
+    return console.command(PROG)(_main)(argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from jobs import console
     from jobs.pretrain_clip_config import load_pretrain_clip_config
     from jobs.tracking import TrackingUnavailable
 
+    cfg = load_pretrain_clip_config(args.config, args.overrides)
     try:
-        cfg = load_pretrain_clip_config(args.config, args.overrides)
         result = run_pretrain_clip(cfg)
-    except (ConfigError, ValueError, FileNotFoundError, TrackingUnavailable) as err:
-        print(f"clipsr pretrain-clip: {err}", file=sys.stderr)
-        return 2
+    except TrackingUnavailable as err:
+        return console.fail(PROG, err, 2)
     shown = ", ".join(f"{k} {v:.3f}" for k, v in sorted(result.metrics.items()))
-    print(f"\npretrain-clip done: {result.output}")
+    print(f"pretrain-clip done: {result.output}")
     print(f"  held-out: {shown}")
-    print(f"  use it: model.clip.checkpoint={result.output}")
+    print(f"  use it:   model.clip.checkpoint={result.output}")
     if result.registered:
         print(f"  registered: {result.registered} (run {result.run_id})")
     return 0

@@ -103,6 +103,6 @@ class PretrainClipConfig:
 
 
 def load_pretrain_clip_config(
-    path: str | Path | None, overrides: list[str] = ()
+    path: str | Path | None, overrides: list[str] = (), validate: bool = True
 ) -> PretrainClipConfig:
-    return load_config(PretrainClipConfig, path, overrides)
+    return load_config(PretrainClipConfig, path, overrides, validate)

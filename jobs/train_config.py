@@ -102,5 +102,7 @@ class TrainConfig(CLIPSRConfig):
             raise ConfigError("run.precision: bf16/fp16 autocast needs run.use_gpu=true")
 
 
-def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
-    return load_config(TrainConfig, path, overrides)
+def load_train_config(
+    path: str | Path | None, overrides: list[str] = (), validate: bool = True
+) -> TrainConfig:
+    return load_config(TrainConfig, path, overrides, validate)

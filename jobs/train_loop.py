@@ -56,9 +56,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         drop_captions,
         train_step,
     )
+    from jobs.console import quiet_worker_logging
     from jobs.train_config import TrainConfig
     from jobs.train_validation import validate
 
+    quiet_worker_logging()  # again: Ray Train has just set the worker's root logger to INFO
     cfg = from_dict(TrainConfig, config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -221,7 +223,7 @@ class _MetricLogger:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k.replace("/", "."), float(v), now, step) for k, v in metrics.items()]
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]  # "/" groups charts
         self.client.log_batch(self.run_id, metrics=batch)
 
     def log_image(self, image, name: str) -> None:

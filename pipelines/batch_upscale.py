@@ -25,6 +25,7 @@ import tarfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import cv2
@@ -72,7 +73,7 @@ class BatchUpscaleConfig:
     tracking_uri: str | None = None  # default: MLFLOW_TRACKING_URI
     endpoint_url: str | None = None  # default: AWS_ENDPOINT_URL
     gpu: bool | None = None  # one GPU per actor; default: when torch sees one
-    workers: int | None = None  # a fixed actor pool; default 1 up to the GPUs (or CPUs / 2)
+    concurrency: int | None = None  # a fixed actor pool; default 1 up to the GPUs (or CPUs / 2)
     batch_size: int = 8
     samples_per_chunk: int = 64
     use_ray: bool = True  # False: the same steps in this process
@@ -305,9 +306,9 @@ def _ray_results(rows: list[dict], cfg: BatchUpscaleConfig):
     resources = ray.cluster_resources()
     if cfg.gpu and started and resources.get("GPU", 0) < 1:
         raise BatchConfigError("--gpu: the local Ray instance has no GPU")
-    ray.data.DataContext.get_current().enable_progress_bars = cfg.progress
-    if cfg.workers:
-        pool = ray.data.ActorPoolStrategy(size=cfg.workers)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # the job shows its own
+    if cfg.concurrency:
+        pool = ray.data.ActorPoolStrategy(size=cfg.concurrency)
     else:  # CPU actors get one thread each (Ray sets OMP_NUM_THREADS to num_cpus)
         most = resources.get("GPU", 0) if cfg.gpu else resources.get("CPU", 2) // 2
         pool = ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(most)))
@@ -329,16 +330,13 @@ def _ray_results(rows: list[dict], cfg: BatchUpscaleConfig):
 def run_batch_upscale(model_uri: str, out: str, **options: Any) -> BatchUpscaleResult:
     """Upscale a folder (``input_dir=``) or a shard set's ``split`` (``shards=``) into ``out``;
     ``options`` are the fields of :class:`BatchUpscaleConfig`. See the module docstring."""
-    import torch
-    from tqdm import tqdm
-
     start, cfg = time.time(), BatchUpscaleConfig(model_uri, out, **options)
     if cfg.out_format not in ("files", "shards"):
         raise BatchConfigError(f"--out-format: {cfg.out_format!r} is not files or shards")
     if (cfg.input_dir is None) == (cfg.shards is None):
         raise BatchConfigError("give exactly one of --input-dir and --shards")
-    if min(cfg.batch_size, cfg.samples_per_chunk, cfg.workers or 1) < 1:
-        raise BatchConfigError("batch_size, samples_per_chunk and workers must be >= 1")
+    if min(cfg.batch_size, cfg.samples_per_chunk, cfg.concurrency or 1) < 1:
+        raise BatchConfigError("batch_size, samples_per_chunk and concurrency must be >= 1")
     cfg.endpoint_url = cfg.endpoint_url or os.environ.get("AWS_ENDPOINT_URL", "")
     cfg.tracking_uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     for name in ("input_dir", "shards", "out"):  # the Ray workers may run elsewhere
@@ -348,17 +346,42 @@ def run_batch_upscale(model_uri: str, out: str, **options: Any) -> BatchUpscaleR
         chunks, skipped = _plan_folder(cfg)
     else:
         (chunks, manifest), skipped = _plan_shards(cfg), []
-    try:
-        if not storage.is_s3(cfg.out):
-            os.makedirs(cfg.out, exist_ok=True)
-        storage.exists(storage.join(cfg.out, SKIPPED), cfg.opts)  # a missing bucket raises
-    except (FileNotFoundError, OSError) as err:
-        raise BatchConfigError(f"--out: {err}") from None
+    _check_out(cfg)
     cfg.model_uri, resolver = _check_model(cfg)
     if cfg.shards and resolver.scale not in manifest.get("scales", []):
         scales = manifest.get("scales")
         raise BatchConfigError(f"--shards: no x{resolver.scale} LR images (scales: {scales})")
     cfg.scale = resolver.scale
+    made = not storage.is_s3(cfg.out) and not os.path.isdir(cfg.out)
+    try:
+        return _run(cfg, chunks, skipped, resolver, start)
+    except BaseException:
+        if made and os.path.isdir(cfg.out) and not os.listdir(cfg.out):
+            os.rmdir(cfg.out)  # a failed run leaves no empty output folder behind
+        raise
+
+
+def _check_out(cfg: BatchUpscaleConfig) -> None:
+    """``--out``: a local path that is (or can become) a directory, or a reachable bucket."""
+    if storage.is_s3(cfg.out):
+        try:
+            storage.exists(storage.join(cfg.out, SKIPPED), cfg.opts)  # a missing bucket raises
+        except (FileNotFoundError, OSError) as err:
+            raise BatchConfigError(f"--out: {err}") from None
+        return
+    taken = next((p for p in (cfg.out, *Path(cfg.out).parents) if os.path.exists(p)), None)
+    if taken is not None and not os.path.isdir(taken):
+        raise BatchConfigError(f"--out: {taken} exists and is not a directory")
+    if taken is not None and not os.access(taken, os.W_OK):
+        raise BatchConfigError(f"--out: {taken} is not writable")
+
+
+def _run(cfg, chunks, skipped, resolver, start) -> BatchUpscaleResult:
+    import torch
+    from tqdm import tqdm
+
+    if not storage.is_s3(cfg.out):
+        os.makedirs(cfg.out, exist_ok=True)
     cfg.gpu = torch.cuda.is_available() if cfg.gpu is None else cfg.gpu
     rows = [{**c, "items": json.dumps(c["items"])} for c in chunks]
     if cfg.use_ray:

@@ -46,6 +46,7 @@ class PreprocessSummary:
     shards_skipped: int = 0
     seconds: float = 0.0
     output: str = ""
+    total_written: int = 0  # samples in the dataset (this run's and committed shards')
 
     @property
     def samples_per_second(self) -> float:
@@ -196,7 +197,8 @@ def run_preprocess(cfg: PreprocessConfig, progress: bool = True) -> PreprocessSu
     )
     if todo:
         _write_with_ray(cfg, todo, summary, progress)
-    _finish(cfg, plans, duplicates, chash, attributes)
+    manifest = _finish(cfg, plans, duplicates, chash, attributes)
+    summary.total_written = sum(c["samples"] for c in manifest["splits"].values())
     summary.rejected = dict(sorted(Counter(summary.rejected).items()))
     summary.seconds = time.time() - start
     return summary
@@ -245,7 +247,7 @@ def load_attributes(cfg: PreprocessConfig) -> dict[str, Any] | None:
     uri = cfg.attributes or storage.join(cfg.source.path, "attributes.json")
     try:
         data = json.loads(storage.read_bytes(uri, cfg.storage))
-    except FileNotFoundError:
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
         if cfg.attributes:
             raise ConfigError(f"attributes: file not found: {cfg.attributes}") from None
         return None
@@ -268,8 +270,9 @@ def load_attributes(cfg: PreprocessConfig) -> dict[str, Any] | None:
     return data
 
 
-def _finish(cfg, plans, duplicates, chash, attributes=None) -> None:
-    """Manifest, sizes and rejects from every shard's committed stats (this run's and earlier)."""
+def _finish(cfg, plans, duplicates, chash, attributes=None) -> dict[str, Any]:
+    """Manifest, sizes and rejects from every shard's committed stats (this run's and earlier);
+    returns the manifest."""
     shards, rejects = [], list(duplicates)
     counts: dict[str, dict[str, int]] = {}
     for plan in plans:
@@ -311,3 +314,4 @@ def _finish(cfg, plans, duplicates, chash, attributes=None) -> None:
     storage.write_bytes(
         storage.join(cfg.output, MANIFEST), json.dumps(manifest, indent=1).encode(), cfg.storage
     )
+    return manifest

@@ -52,6 +52,11 @@ class PreprocessConfig:
             raise ConfigError("source.path: required (the corpus root, manifest or tar prefix)")
         if not self.output:
             raise ConfigError("output: required (a directory or s3://bucket/prefix)")
+        if "://" not in self.output:
+            out = Path(self.output).expanduser()
+            taken = next((p for p in (out, *out.parents) if p.exists()), None)
+            if taken is not None and not taken.is_dir():
+                raise ConfigError(f"output: {taken} exists and is not a directory")
         if not self.scales:
             raise ConfigError("scales: at least one scale, e.g. [4, 8, 16]")
         for s in self.scales:
@@ -74,5 +79,7 @@ class PreprocessConfig:
             raise ConfigError("concurrency/max_samples: must be >= 0")
 
 
-def load_preprocess_config(path: str | Path | None, overrides: list[str] = ()) -> PreprocessConfig:
-    return load_config(PreprocessConfig, path, overrides)
+def load_preprocess_config(
+    path: str | Path | None, overrides: list[str] = (), validate: bool = True
+) -> PreprocessConfig:
+    return load_config(PreprocessConfig, path, overrides, validate)

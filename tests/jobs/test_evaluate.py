@@ -145,8 +145,25 @@ def test_registered_model_by_alias_and_version(
     assert run.data.metrics == pytest.approx(_keyed(doc))
     assert run.data.metrics["x4/samples"] == TEST_SAMPLES
     assert doc["model"] == {
-        "uri": f"models:/{registered}@champion", "name": registered, "version": "1", "scale": 4
+        "uri": f"models:/{registered}@champion", "name": registered, "version": "1", "scale": 4,
+        "clip_weights": "random (no pretrained weights; clipsr-tiny, init seed 0)",
     }  # fmt: skip
+    assert tags["clipsr.eval.clip_weights"] == doc["model"]["clip_weights"]
+    # MLflow's own record: who and what ran it, the test shards and the model as inputs
+    from jobs.registry import who
+
+    assert tags["mlflow.user"] == who() and tags["mlflow.source.name"]
+    (dataset,) = run.inputs.dataset_inputs
+    assert dataset.dataset.digest == manifest_sha[:36] and dataset.dataset.source_type == "s3"
+    assert json.loads(dataset.dataset.profile)["manifest_sha256"] == manifest_sha
+    assert {t.key: t.value for t in dataset.tags}["mlflow.data.context"] == "evaluation"
+    model_id = client.get_model_version(registered, "1").source.removeprefix("models:/")
+    assert [m.model_id for m in run.inputs.model_inputs] == [model_id]
+    linked = client.get_logged_model(model_id).metrics
+    assert {m.key for m in linked} == expected and {m.run_id for m in linked} == {record.run_id}
+    report = (out / "report.html").read_text()
+    assert "CLIP weights: <b>random" in report and "CLIP is randomly initialised" in report
+    assert f"/runs/{record.run_id}" in report and "MLflow run" in report
     assert doc["manifest_sha256"] == manifest_sha and doc["samples"] == TEST_SAMPLES
     artifacts = {a.path for a in client.list_artifacts(record.run_id, "evaluation")}
     assert {"evaluation/evaluation.json", "evaluation/report.html"} <= artifacts

@@ -95,7 +95,7 @@ def test_two_workers_against_mlflow_server_and_s3(shards, mlflow_server, s3_pref
     result = run_train(cfg)
     assert result.metrics["step"] == 4 and result.model_version == "1"
     client = mlflow.MlflowClient(mlflow_server.uri)
-    history = client.get_metric_history(result.run_id, "loss.g_loss")
+    history = client.get_metric_history(result.run_id, "loss/g_loss")
     assert [m.step for m in history] == [1, 2, 3, 4]
     assert len(client.get_metric_history(result.run_id, "val_psnr")) == 2
     assert client.get_metric_history(result.run_id, "val_psnr_bicubic")
@@ -206,7 +206,7 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(shards, tmp_path)
     client = mlflow.MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
     experiments = [e.experiment_id for e in client.search_experiments()]
     (run,) = client.search_runs(experiments)  # the store also holds MLflow's empty Default
-    assert "loss.g_loss" in run.data.metrics, sorted(run.data.metrics)
+    assert "loss/g_loss" in run.data.metrics, sorted(run.data.metrics)
 
 
 def test_non_finite_loss_stops_with_the_step_named(shards, tmp_path, ray_session):

@@ -55,7 +55,8 @@ def test_single_prompt_writes_sr_images(checkpoint, photos, tmp_path):
     assert Image.open(tmp_path / "astronaut_x4.png").size == (192, 192)
     assert Image.open(tmp_path / "chelsea_x4.png").size == (256, 160)
     report = json.loads((tmp_path / "astronaut_x4.json").read_text())
-    assert report[0]["prompt"] == "a person in a space suit"
+    assert report["results"][0]["prompt"] == "a person in a space suit"
+    assert report["clip_weights"].startswith("random")  # the fixture's CLIP is a random init
 
 
 def test_several_prompts_give_a_grid(checkpoint, photos, tmp_path):
