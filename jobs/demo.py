@@ -25,7 +25,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # local Ray on 127.0.0.1 only
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -291,16 +290,15 @@ class Demo:
         }
 
     def run(self) -> dict:
-        import ray
+        from pipelines.ray_cluster import init_ray
 
         cfg = self.cfg
-        if not ray.is_initialized():
-            ray.init(
-                address=cfg.ray_address or None,
-                include_dashboard=False,
-                log_to_driver=True,
-                runtime_env=train_runtime_env({"OMP_NUM_THREADS": "1"}, dashboard=False),
-            )
+        init_ray(
+            cfg.ray_address,
+            include_dashboard=False,
+            log_to_driver=True,
+            runtime_env=train_runtime_env({"OMP_NUM_THREADS": "1"}, dashboard=False),
+        )
         st = self.stages
         corpora = st.run(
             "corpus",

@@ -19,7 +19,6 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # local Ray on 127.0.0.1 only
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
@@ -116,7 +115,7 @@ def check_inputs(cfg) -> tuple[dict, list[str], list[str], str]:
 def run_train(cfg) -> TrainResult:
     import ray
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
 
     from clipsr.config_loader import flatten, to_dict
     from jobs.ray_setup import train_runtime_env
@@ -126,9 +125,11 @@ def run_train(cfg) -> TrainResult:
         log_generator_model,
         resolve_tracking_uri,
     )
+    from jobs.train_backend import NodeBoundTorchConfig
     from jobs.train_loop import nonfinite_marker_uri, train_loop_per_worker
     from pipelines import storage
     from pipelines.preprocess import code_version
+    from pipelines.ray_cluster import init_ray
     from pipelines.storage import StorageOptions
 
     cfg.validate()
@@ -158,14 +159,13 @@ def run_train(cfg) -> TrainResult:
     )
     tracker.log_dict(manifest, "dataset/manifest.json")
     tracker.log_dict(to_dict(cfg), "config/resolved_config.json")
-    if not ray.is_initialized():
-        ray.init(
-            address=cfg.run.ray_address or None,
-            log_to_driver=True,
-            runtime_env=train_runtime_env(
-                {"OMP_NUM_THREADS": str(max(1, int(cfg.run.cpus_per_worker)))}
-            ),
-        )
+    init_ray(
+        cfg.run.ray_address,
+        log_to_driver=True,
+        runtime_env=train_runtime_env(
+            {"OMP_NUM_THREADS": str(max(1, int(cfg.run.cpus_per_worker)))}
+        ),
+    )
     resources = {"CPU": cfg.run.cpus_per_worker}
     if cfg.run.use_gpu:
         resources["GPU"] = cfg.run.gpus_per_worker
@@ -184,7 +184,7 @@ def run_train(cfg) -> TrainResult:
             use_gpu=cfg.run.use_gpu,
             resources_per_worker=resources,
         ),
-        torch_config=TorchConfig(backend="nccl" if cfg.run.use_gpu else "gloo"),
+        torch_config=NodeBoundTorchConfig(backend="nccl" if cfg.run.use_gpu else "gloo"),
         run_config=ray.train.RunConfig(
             name=cfg.run.name,
             storage_path=storage_path,

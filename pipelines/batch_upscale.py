@@ -299,9 +299,10 @@ def write_chunk(row: dict[str, Any], cfg: BatchUpscaleConfig) -> dict[str, Any]:
 def _ray_results(rows: list[dict], cfg: BatchUpscaleConfig):
     import ray
 
+    from pipelines.ray_cluster import init_ray
+
     started = not ray.is_initialized()
-    if started:
-        ray.init(log_to_driver=False)
+    init_ray("", log_to_driver=False)
     resources = ray.cluster_resources()
     if cfg.gpu and started and resources.get("GPU", 0) < 1:
         raise BatchConfigError("--gpu: the local Ray instance has no GPU")
