@@ -99,7 +99,7 @@ class Demo:
             name = load_train_config(_path(getattr(self.cfg, corpus).train_config)).run.name
             run_dir = self._join("runs", name)
             log.info("fresh: deleting the training run %s", run_dir)
-            if not storage.is_s3(run_dir):
+            if not storage.is_remote(run_dir):
                 shutil.rmtree(run_dir, ignore_errors=True)
                 continue
             for uri in storage.list_files(run_dir, opts):

@@ -230,7 +230,9 @@ def run_evaluate(cfg: EvaluateConfig, log=print) -> EvaluateResult:
     from clipsr.shard_dataset import manifest_sha256
     from jobs.tracking import check_tracking_uri, load_resolver
     from pipelines.batch_evaluate import WorkerSpec
+    from pipelines.storage import resolve_endpoint
 
+    cfg.endpoint_url = resolve_endpoint(cfg.endpoint_url)  # what the actors get
     tracking_uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     if tracking_uri:
         check_tracking_uri(tracking_uri)

@@ -62,28 +62,6 @@ def absolute_local_paths(cfg) -> None:
     cfg.metrics.lpips_linear_weights = _absolute(cfg.metrics.lpips_linear_weights)
 
 
-def _storage(cfg):
-    """(storage_path, pyarrow filesystem or None) for Ray Train's RunConfig."""
-    path = cfg.run.storage_path
-    if not path.startswith("s3://"):
-        return str(Path(path).expanduser().resolve()), None
-    import pyarrow.fs
-
-    endpoint = (
-        cfg.data.endpoint_url
-        or os.environ.get("AWS_ENDPOINT_URL_S3")
-        or os.environ.get("AWS_ENDPOINT_URL", "")
-    )
-    kwargs = {}
-    if endpoint:
-        scheme, _, host = endpoint.partition("://")
-        kwargs = {"endpoint_override": host or endpoint, "scheme": scheme if host else "https"}
-    region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
-    if region:
-        kwargs["region"] = region
-    return path[len("s3://") :], pyarrow.fs.S3FileSystem(**kwargs)
-
-
 def check_inputs(cfg) -> tuple[dict, list[str], list[str], str]:
     """Fail fast, before Ray: shards, scales, format version, perceptual weights."""
     from clipsr.config_loader import ConfigError
@@ -134,8 +112,11 @@ def run_train(cfg) -> TrainResult:
 
     cfg.validate()
     absolute_local_paths(cfg)
+    # the workers get this endpoint, not their own node's environment
+    cfg.data.endpoint_url = storage.resolve_endpoint(cfg.data.endpoint_url)
     manifest, train_urls, val_urls, manifest_sha = check_inputs(cfg)
-    storage_path, filesystem = _storage(cfg)
+    opts = StorageOptions(endpoint_url=cfg.data.endpoint_url)
+    storage_path, filesystem = storage.ray_storage(cfg.run.storage_path, opts)
     run_dir = (
         Path(storage_path) / cfg.run.name if filesystem is None else Path("runs") / cfg.run.name
     )
@@ -193,7 +174,6 @@ def run_train(cfg) -> TrainResult:
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
         ),
     )
-    opts = StorageOptions(endpoint_url=cfg.data.endpoint_url)
     storage.delete(nonfinite_marker_uri(cfg), opts)
     try:
         result = trainer.fit()
@@ -203,8 +183,8 @@ def run_train(cfg) -> TrainResult:
     metrics = dict(result.metrics or {})
     checkpoint = result.checkpoint
     where = "none"
-    if checkpoint is not None:  # pyarrow's S3 paths have no scheme: give users the URI
-        where = f"s3://{checkpoint.path}" if filesystem is not None else checkpoint.path
+    if checkpoint is not None:  # pyarrow's paths have no scheme: give users the URI
+        where = storage.to_uri(cfg.run.storage_path, checkpoint.path)
     if storage.exists(nonfinite_marker_uri(cfg), opts):
         info = json.loads(storage.read_bytes(nonfinite_marker_uri(cfg), opts))
         tracker.end("FAILED")

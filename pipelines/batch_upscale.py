@@ -70,7 +70,7 @@ class BatchUpscaleConfig:
     out_format: str = "files"  # or "shards"
     scale: int | None = None  # default: the model's
     tracking_uri: str | None = None  # default: MLFLOW_TRACKING_URI
-    endpoint_url: str | None = None  # default: AWS_ENDPOINT_URL
+    endpoint_url: str | None = None  # default: AWS_ENDPOINT_URL(_S3), resolved on the driver
     gpu: bool | None = None  # one GPU per actor; default: when torch sees one
     workers: int | None = None  # a fixed actor pool; default 1 up to the GPUs (or CPUs / 2)
     batch_size: int = 8
@@ -340,17 +340,17 @@ def run_batch_upscale(model_uri: str, out: str, **options: Any) -> BatchUpscaleR
         raise BatchConfigError("give exactly one of --input-dir and --shards")
     if min(cfg.batch_size, cfg.samples_per_chunk, cfg.workers or 1) < 1:
         raise BatchConfigError("batch_size, samples_per_chunk and workers must be >= 1")
-    cfg.endpoint_url = cfg.endpoint_url or os.environ.get("AWS_ENDPOINT_URL", "")
+    cfg.endpoint_url = storage.resolve_endpoint(cfg.endpoint_url or "")  # what workers get
     cfg.tracking_uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     for name in ("input_dir", "shards", "out"):  # the Ray workers may run elsewhere
-        if (path := getattr(cfg, name)) is not None and not storage.is_s3(path):
+        if (path := getattr(cfg, name)) is not None and not storage.is_remote(path):
             setattr(cfg, name, os.path.abspath(path))
     if cfg.input_dir:
         chunks, skipped = _plan_folder(cfg)
     else:
         (chunks, manifest), skipped = _plan_shards(cfg), []
     try:
-        if not storage.is_s3(cfg.out):
+        if not storage.is_remote(cfg.out):
             os.makedirs(cfg.out, exist_ok=True)
         storage.exists(storage.join(cfg.out, SKIPPED), cfg.opts)  # a missing bucket raises
     except (FileNotFoundError, OSError) as err:

@@ -168,6 +168,7 @@ def _init_ray(cfg: PreprocessConfig):
 def run_preprocess(cfg: PreprocessConfig, progress: bool = True) -> PreprocessSummary:
     """Run the job (see the module docstring); returns the summary of this run."""
     cfg.validate()
+    cfg.storage = cfg.storage.resolved()  # the workers get the driver's endpoint and region
     validate(cfg.source, cfg.storage)  # fail fast: paths and layout, before any work
     chash = config_hash(cfg)
     check_output(cfg, chash)
