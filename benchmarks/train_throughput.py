@@ -21,7 +21,6 @@ from pathlib import Path
 import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -118,9 +117,9 @@ def main() -> None:
     parser.add_argument("--gpu", action="store_true")
     parser.add_argument("--peak-tflops", type=float, default=0.0, help="per device, for MFU")
     args = parser.parse_args()
-    import ray
+    from pipelines.ray_cluster import init_ray
 
-    ray.init(include_dashboard=False, log_to_driver=False)
+    init_ray("", include_dashboard=False, log_to_driver=False)
     rows = []
     with tempfile.TemporaryDirectory(prefix="clipsr-train-bench-") as tmp:
         tmp = Path(tmp)

@@ -24,7 +24,6 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # local Ray on 127.0.0.1 only
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
@@ -124,7 +123,7 @@ class Demo:
         for name in names:
             run_dir = self._join("runs", name)
             log.debug("fresh: deleting the training run %s", run_dir)
-            if not storage.is_s3(run_dir):
+            if not storage.is_remote(run_dir):
                 shutil.rmtree(run_dir, ignore_errors=True)
                 continue
             for uri in storage.list_files(run_dir, opts):
@@ -360,16 +359,15 @@ class Demo:
         }
 
     def run(self) -> dict:
-        import ray
+        from pipelines.ray_cluster import init_ray
 
         cfg = self.cfg
-        if not ray.is_initialized():
-            ray.init(
-                address=cfg.ray_address or None,
-                include_dashboard=False,
-                log_to_driver=True,
-                runtime_env=train_runtime_env({"OMP_NUM_THREADS": "1"}, dashboard=False),
-            )
+        init_ray(
+            cfg.ray_address,
+            include_dashboard=False,
+            log_to_driver=True,
+            runtime_env=train_runtime_env({"OMP_NUM_THREADS": "1"}, dashboard=False),
+        )
         console.ray_data_progress(ours=True)  # preprocess and upscale show their own bars
         st = self.stages
         corpora = st.run(

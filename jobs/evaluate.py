@@ -175,7 +175,9 @@ def run_evaluate(cfg: EvaluateConfig, log=print) -> EvaluateResult:
     )
     from jobs.tracking import check_tracking_uri, default_tracking_uri, load_resolver, run_page
     from pipelines.batch_evaluate import WorkerSpec
+    from pipelines.storage import resolve_endpoint
 
+    cfg.endpoint_url = resolve_endpoint(cfg.endpoint_url)  # what the actors get
     tracking_uri = default_tracking_uri(cfg.tracking_uri)
     if tracking_uri:
         check_tracking_uri(tracking_uri)

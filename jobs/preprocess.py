@@ -11,7 +11,6 @@ import sys
 
 from jobs import console
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # local Ray on 127.0.0.1 only
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 PROG = "clipsr preprocess"
 

@@ -20,7 +20,6 @@ from pathlib import Path
 
 from jobs import console
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # local Ray on 127.0.0.1 only
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
@@ -68,28 +67,6 @@ def absolute_local_paths(cfg) -> None:
     cfg.metrics.lpips_linear_weights = _absolute(cfg.metrics.lpips_linear_weights)
 
 
-def _storage(cfg):
-    """(storage_path, pyarrow filesystem or None) for Ray Train's RunConfig."""
-    path = cfg.run.storage_path
-    if not path.startswith("s3://"):
-        return str(Path(path).expanduser().resolve()), None
-    import pyarrow.fs
-
-    endpoint = (
-        cfg.data.endpoint_url
-        or os.environ.get("AWS_ENDPOINT_URL_S3")
-        or os.environ.get("AWS_ENDPOINT_URL", "")
-    )
-    kwargs = {}
-    if endpoint:
-        scheme, _, host = endpoint.partition("://")
-        kwargs = {"endpoint_override": host or endpoint, "scheme": scheme if host else "https"}
-    region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
-    if region:
-        kwargs["region"] = region
-    return path[len("s3://") :], pyarrow.fs.S3FileSystem(**kwargs)
-
-
 def check_inputs(cfg) -> tuple[dict, list[str], list[str], str]:
     """Fail fast, before Ray: shards, scales, format version, perceptual weights."""
     from clipsr.config_loader import ConfigError
@@ -125,7 +102,7 @@ def check_inputs(cfg) -> tuple[dict, list[str], list[str], str]:
 def run_train(cfg) -> TrainResult:
     import ray
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
 
     from clipsr.config_loader import flatten, to_dict
     from jobs.mlflow_record import describe_version, set_descriptions, shard_set_input
@@ -136,15 +113,20 @@ def run_train(cfg) -> TrainResult:
         log_generator_model,
         resolve_tracking_uri,
     )
+    from jobs.train_backend import NodeBoundTorchConfig
     from jobs.train_loop import nonfinite_marker_uri, train_loop_per_worker
     from pipelines import storage
     from pipelines.preprocess import code_version
+    from pipelines.ray_cluster import init_ray
     from pipelines.storage import StorageOptions
 
     cfg.validate()
     absolute_local_paths(cfg)
+    # the workers get this endpoint, not their own node's environment
+    cfg.data.endpoint_url = storage.resolve_endpoint(cfg.data.endpoint_url)
     manifest, train_urls, val_urls, manifest_sha = check_inputs(cfg)
-    storage_path, filesystem = _storage(cfg)
+    opts = StorageOptions(endpoint_url=cfg.data.endpoint_url)
+    storage_path, filesystem = storage.ray_storage(cfg.run.storage_path, opts)
     # one embedded store per storage root, shared by every run under it (evaluate, promote and
     # upscale find ./runs/mlflow.db, the default root's, without flags)
     root = Path(storage_path) if filesystem is None else Path("runs")
@@ -187,14 +169,13 @@ def run_train(cfg) -> TrainResult:
         from clipsr.clip_backbone import RandomClipWeightsWarning, random_clip_message
 
         warnings.warn(random_clip_message(cfg.model.clip), RandomClipWeightsWarning, 2)
-    if not ray.is_initialized():
-        ray.init(
-            address=cfg.run.ray_address or None,
-            log_to_driver=True,
-            runtime_env=train_runtime_env(
-                {"OMP_NUM_THREADS": str(max(1, int(cfg.run.cpus_per_worker)))}
-            ),
-        )
+    init_ray(
+        cfg.run.ray_address,
+        log_to_driver=True,
+        runtime_env=train_runtime_env(
+            {"OMP_NUM_THREADS": str(max(1, int(cfg.run.cpus_per_worker)))}
+        ),
+    )
     resources = {"CPU": cfg.run.cpus_per_worker}
     if cfg.run.use_gpu:
         resources["GPU"] = cfg.run.gpus_per_worker
@@ -213,7 +194,7 @@ def run_train(cfg) -> TrainResult:
             use_gpu=cfg.run.use_gpu,
             resources_per_worker=resources,
         ),
-        torch_config=TorchConfig(backend="nccl" if cfg.run.use_gpu else "gloo"),
+        torch_config=NodeBoundTorchConfig(backend="nccl" if cfg.run.use_gpu else "gloo"),
         run_config=ray.train.RunConfig(
             name=cfg.run.name,
             storage_path=storage_path,
@@ -223,7 +204,6 @@ def run_train(cfg) -> TrainResult:
             logging_config=train_logging_config(),
         ),
     )
-    opts = StorageOptions(endpoint_url=cfg.data.endpoint_url)
     storage.delete(nonfinite_marker_uri(cfg), opts)
     try:
         result = trainer.fit()
@@ -233,8 +213,8 @@ def run_train(cfg) -> TrainResult:
     metrics = dict(result.metrics or {})
     checkpoint = result.checkpoint
     where = "none"
-    if checkpoint is not None:  # pyarrow's S3 paths have no scheme: give users the URI
-        where = f"s3://{checkpoint.path}" if filesystem is not None else checkpoint.path
+    if checkpoint is not None:  # pyarrow's paths have no scheme: give users the URI
+        where = storage.to_uri(cfg.run.storage_path, checkpoint.path)
     if storage.exists(nonfinite_marker_uri(cfg), opts):
         info = json.loads(storage.read_bytes(nonfinite_marker_uri(cfg), opts))
         tracker.end("FAILED")

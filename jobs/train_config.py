@@ -23,7 +23,8 @@ class DataConfig:
     loader_workers: int = 2  # DataLoader processes per Ray Train worker
     shuffle_buffer: int = 256
     hflip: bool = True
-    # S3-compatible endpoint for s3:// shards (credentials only from the environment).
+    # S3-compatible endpoint for s3:// shards and run storage: "" = AWS_ENDPOINT_URL(_S3) of
+    # the driver, else AWS; resolved once on the driver (credentials only from the environment).
     endpoint_url: str = ""
 
 

@@ -119,11 +119,9 @@ def _captions_row(row: dict[str, Any], endpoint_url: str) -> dict[str, Any]:
 
 
 def _ray(address: str):
-    import ray
+    from pipelines.ray_cluster import init_ray
 
-    if not ray.is_initialized():
-        ray.init(address=address or None, log_to_driver=False, ignore_reinit_error=True)
-    return ray
+    return init_ray(address, log_to_driver=False)
 
 
 def read_captions_ray(units: list[Unit], endpoint_url: str, ray_address: str = "") -> list[str]:

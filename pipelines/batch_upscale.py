@@ -71,7 +71,7 @@ class BatchUpscaleConfig:
     out_format: str = "files"  # or "shards"
     scale: int | None = None  # default: the model's
     tracking_uri: str | None = None  # default: MLFLOW_TRACKING_URI
-    endpoint_url: str | None = None  # default: AWS_ENDPOINT_URL
+    endpoint_url: str | None = None  # default: AWS_ENDPOINT_URL(_S3), resolved on the driver
     gpu: bool | None = None  # one GPU per actor; default: when torch sees one
     concurrency: int | None = None  # a fixed actor pool; default 1 up to the GPUs (or CPUs / 2)
     batch_size: int = 8
@@ -300,9 +300,10 @@ def write_chunk(row: dict[str, Any], cfg: BatchUpscaleConfig) -> dict[str, Any]:
 def _ray_results(rows: list[dict], cfg: BatchUpscaleConfig):
     import ray
 
+    from pipelines.ray_cluster import init_ray
+
     started = not ray.is_initialized()
-    if started:
-        ray.init(log_to_driver=False)
+    init_ray("", log_to_driver=False)
     resources = ray.cluster_resources()
     if cfg.gpu and started and resources.get("GPU", 0) < 1:
         raise BatchConfigError("--gpu: the local Ray instance has no GPU")
@@ -337,10 +338,10 @@ def run_batch_upscale(model_uri: str, out: str, **options: Any) -> BatchUpscaleR
         raise BatchConfigError("give exactly one of --input-dir and --shards")
     if min(cfg.batch_size, cfg.samples_per_chunk, cfg.concurrency or 1) < 1:
         raise BatchConfigError("batch_size, samples_per_chunk and concurrency must be >= 1")
-    cfg.endpoint_url = cfg.endpoint_url or os.environ.get("AWS_ENDPOINT_URL", "")
+    cfg.endpoint_url = storage.resolve_endpoint(cfg.endpoint_url or "")  # what workers get
     cfg.tracking_uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     for name in ("input_dir", "shards", "out"):  # the Ray workers may run elsewhere
-        if (path := getattr(cfg, name)) is not None and not storage.is_s3(path):
+        if (path := getattr(cfg, name)) is not None and not storage.is_remote(path):
             setattr(cfg, name, os.path.abspath(path))
     if cfg.input_dir:
         chunks, skipped = _plan_folder(cfg)
@@ -352,7 +353,7 @@ def run_batch_upscale(model_uri: str, out: str, **options: Any) -> BatchUpscaleR
         scales = manifest.get("scales")
         raise BatchConfigError(f"--shards: no x{resolver.scale} LR images (scales: {scales})")
     cfg.scale = resolver.scale
-    made = not storage.is_s3(cfg.out) and not os.path.isdir(cfg.out)
+    made = not storage.is_remote(cfg.out) and not os.path.isdir(cfg.out)
     try:
         return _run(cfg, chunks, skipped, resolver, start)
     except BaseException:
@@ -363,7 +364,7 @@ def run_batch_upscale(model_uri: str, out: str, **options: Any) -> BatchUpscaleR
 
 def _check_out(cfg: BatchUpscaleConfig) -> None:
     """``--out``: a local path that is (or can become) a directory, or a reachable bucket."""
-    if storage.is_s3(cfg.out):
+    if storage.is_remote(cfg.out):
         try:
             storage.exists(storage.join(cfg.out, SKIPPED), cfg.opts)  # a missing bucket raises
         except (FileNotFoundError, OSError) as err:
@@ -380,7 +381,7 @@ def _run(cfg, chunks, skipped, resolver, start) -> BatchUpscaleResult:
     import torch
     from tqdm import tqdm
 
-    if not storage.is_s3(cfg.out):
+    if not storage.is_remote(cfg.out):
         os.makedirs(cfg.out, exist_ok=True)
     cfg.gpu = torch.cuda.is_available() if cfg.gpu is None else cfg.gpu
     rows = [{**c, "items": json.dumps(c["items"])} for c in chunks]

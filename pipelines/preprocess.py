@@ -157,21 +157,19 @@ def check_output(cfg: PreprocessConfig, chash: str) -> None:
 
 
 def _init_ray(cfg: PreprocessConfig):
-    import ray
+    from pipelines.ray_cluster import init_ray
 
-    if not ray.is_initialized():
-        ray.init(
-            address=cfg.ray_address or None,
-            ignore_reinit_error=True,
-            log_to_driver=False,
-            runtime_env={"env_vars": {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}},
-        )
-    return ray
+    return init_ray(
+        cfg.ray_address,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}},
+    )
 
 
 def run_preprocess(cfg: PreprocessConfig, progress: bool = True) -> PreprocessSummary:
     """Run the job (see the module docstring); returns the summary of this run."""
     cfg.validate()
+    cfg.storage = cfg.storage.resolved()  # the workers get the driver's endpoint and region
     validate(cfg.source, cfg.storage)  # fail fast: paths and layout, before any work
     chash = config_hash(cfg)
     check_output(cfg, chash)

@@ -17,7 +17,8 @@ class PreprocessConfig:
     source: SourceConfig = field(default_factory=lambda: SourceConfig(kind="folder"))
     # Destination directory or s3://bucket/prefix; workers write shards straight to it.
     output: str = ""
-    # S3 endpoint override for S3-compatible stores (credentials only from the environment).
+    # S3 endpoint override for S3-compatible stores ("" = AWS_ENDPOINT_URL(_S3) of the driver,
+    # else AWS; resolved on the driver); credentials only from the environment.
     storage: StorageOptions = field(default_factory=StorageOptions)
     hr_size: int = 256
     scales: list[int] = field(default_factory=lambda: [4, 8, 16])

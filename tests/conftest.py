@@ -6,7 +6,6 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 import warnings
@@ -61,9 +60,8 @@ def text_sensitive_checkpoint(clip, directory, scale: int = 4, *overrides: str):
 def ray_session(s3_server):
     """One local Ray for the whole session (2 CPUs), started once the S3 server's credentials
     are in the environment, so that Ray's workers inherit them."""
-    import ray
+    from pipelines.ray_cluster import init_ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray = init_ray("", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

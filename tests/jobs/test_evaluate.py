@@ -139,7 +139,11 @@ def test_registered_model_by_alias_and_version(
     assert run.info.status == "FINISHED"
     assert client.get_experiment(run.info.experiment_id).name == DEFAULT_EXPERIMENT
     # metrics: the contract's names only, all but LPIPS (no weights configured)
-    expected = {metric_key(4, n) for n in METRIC_NAMES if not n.startswith("lpips")}
+    from clipsr.evaluation import ADHERENCE_METRICS
+
+    # photographs declare no attributes: no prompt-adherence metrics
+    skip = {*ADHERENCE_METRICS, "lpips", "lpips_bicubic"}
+    expected = {metric_key(4, n) for n in METRIC_NAMES if n not in skip}
     assert set(run.data.metrics) == expected
     doc = _doc(out / "evaluation.json")
     assert run.data.metrics == pytest.approx(_keyed(doc))
@@ -220,7 +224,13 @@ def test_repeatable_bytes_local_and_ray_and_the_caption_ablation(
         assert png == (tmp_path / "c/images" / name).read_bytes()
     assert str(tmp_path) not in data.decode()  # no temp path but the model URI as given
     doc = json.loads(data)
-    assert doc["model"] == {"uri": str(checkpoint), "name": None, "version": None, "scale": 4}
+    assert doc["model"] == {
+        "uri": str(checkpoint),
+        "name": None,
+        "version": None,
+        "scale": 4,
+        "clip_weights": "random (no pretrained weights; clipsr-tiny, init seed 0)",
+    }
 
     # the ablation: the text changes the output, and the gains are the differences
     m, rows = doc["metrics"]["x4"], doc["per_sample"]["x4"]

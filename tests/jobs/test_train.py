@@ -195,6 +195,14 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(shards, tmp_path)
         if "RayTrainWorker" in " ".join(p.cmdline())
     ]
     assert victims, "no Ray Train worker process found"
+    # the process group's rendezvous store and gloo listen on the node address (127.0.0.1)
+    pids = {p.pid for p in victims}
+    listening = [
+        c.laddr.ip
+        for c in psutil.net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN and c.pid in pids
+    ]
+    assert listening and all(ip.endswith("127.0.0.1") for ip in listening), listening
     victims[-1].kill()
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
