@@ -16,8 +16,9 @@ with :mod:`clipsr.clip_pretrain` on the same training images, about a minute), n
 pre-upsampled 16x, the CLIP-similarity weight, caption dropout, text-image fusion on the encoder
 skips, EMA without its warm-up, Adam with momentum (0.9, 0.99) instead of the paper's (0, 0.9);
 and, reported separately, the extension ``model.generator.head_text_stages`` (text-image fusion
-after the head's pixel-shuffle stages), with the demo's exact settings as the last arm. Arms run two at a time, one thread each (2 cores); every arm
-gets the same wall-clock budget (``--minutes`` in all) and reports the steps it reached.
+after the head's pixel-shuffle stages), with the demo's exact settings as the last arm. Arms run
+two at a time (``--parallel``), one thread each (2 cores); every arm gets the same wall-clock
+budget (``--minutes`` in all) and reports the steps it reached.
 
     python benchmarks/text_guidance.py                      # every arm, 45 minutes in all
     python benchmarks/text_guidance.py --minutes 10 --arms paper-domain extension-domain
