@@ -44,7 +44,9 @@ PRESET = ROOT / "configs" / "tiny-x16.yaml"
 NATIVE = ["model.generator.lr_pre_upsample=1"]
 EXTENSION = ["model.generator.head_text_stages=4", "model.generator.head_channels=32"]
 MOMENTUM = ["optim.betas=[0.9,0.99]"]  # the demo's 16x model (configs/demo/shapes-x16.yaml)
-# name -> (CLIP, config overrides, caption dropout, EMA warm-up)
+# name -> (CLIP, config overrides, caption dropout, EMA warm-up). CLIP "oracle": the text
+# embedding is the caption's attributes one-hot (a perfect text encoder) and the loss L1 alone:
+# can the generator draw a shape it is told exactly?
 ARMS: dict[str, tuple[str, list[str], float, bool]] = {
     "paper-random": ("random", NATIVE, 0.0, True),
     "paper-domain": ("domain", NATIVE, 0.0, True),
@@ -57,7 +59,43 @@ ARMS: dict[str, tuple[str, list[str], float, bool]] = {
     "extension-random": ("random", [*NATIVE, *EXTENSION], 0.0, True),
     "extension-domain": ("domain", [*NATIVE, *EXTENSION], 0.0, True),
     "extension-domain-momentum": ("domain", [*NATIVE, *EXTENSION, *MOMENTUM], 0.0, True),
+    "paper-oracle-l1": ("oracle", NATIVE, 0.0, True),
+    "extension-oracle-l1": ("oracle", [*NATIVE, *EXTENSION, *MOMENTUM], 0.0, True),
 }
+
+
+def oracle_text(captions: list[str], dim: int):
+    """A perfect text encoder: the caption's shape, colour and background one-hot (x3), zero
+    for a caption outside the set's pattern."""
+    import torch
+
+    from clipsr.adherence import ShapeAttributes
+    from pipelines.generated_shapes import attributes
+
+    attrs = ShapeAttributes.from_dict(attributes())
+    out = torch.zeros(len(captions), dim)
+    offsets = (0, len(attrs.shapes), len(attrs.shapes) + len(attrs.colours))
+    for k, caption in enumerate(captions):
+        p = attrs.parse(caption)
+        if p is None:
+            continue
+        out[k, offsets[0] + attrs.shapes.index(p.shape)] = 3.0
+        out[k, offsets[1] + list(attrs.colours).index(p.colour)] = 3.0
+        out[k, offsets[2] + list(attrs.backgrounds).index(p.background)] = 3.0
+    return out
+
+
+class OracleClip:
+    """A CLIP whose text embedding is :func:`oracle_text` (images go to the real CLIP)."""
+
+    def __init__(self, clip):
+        self.clip = clip
+
+    def encode_text(self, captions):
+        return oracle_text(list(captions), self.clip.embed_dim)
+
+    def __getattr__(self, name):
+        return getattr(self.clip, name)
 
 
 def shapes_data(n: int, seed: int):
@@ -197,20 +235,27 @@ def run_arm(name: str, clip_path: str, seconds: float, eval_every: int, n_train:
     ema = EMA(models.generator, 0.99, warmup=warmup)
     items, lr, hr = shapes_data(n_train, 0)
     test = shapes_data(64, 1)
+    text_encoder = OracleClip(clip) if clip_kind == "oracle" else clip
     g = torch.Generator().manual_seed(cfg.seed)
     curve, step, start = [], 0, time.perf_counter()
     while True:
         idx = torch.randint(0, len(items), (16,), generator=g)
         captions = drop_captions([items[i].caption for i in idx], dropout, g)
-        train_step(
-            models, optimizers, lr[idx], hr[idx], clip.encode_text(captions), cfg.loss.weights
-        )
+        text = text_encoder.encode_text(captions)
+        if clip_kind == "oracle":  # L1 alone: can G draw what it is told exactly?
+            fake = models.generator(lr[idx], text, clip)
+            loss = torch.nn.functional.l1_loss(fake, hr[idx])
+            optimizers.generator.zero_grad()
+            loss.backward()
+            optimizers.generator.step()
+        else:
+            train_step(models, optimizers, lr[idx], hr[idx], text, cfg.loss.weights)
         ema.update(models.generator, step)
         step += 1
         elapsed = time.perf_counter() - start
         if step % eval_every == 0 or elapsed > seconds:
             point = {"step": step, "seconds": round(elapsed, 1)}
-            point |= evaluate((ema.model, clip), test)
+            point |= evaluate((ema.model, text_encoder), test)
             curve.append(point)
             print(name, json.dumps(point), flush=True)
         if elapsed > seconds:

@@ -85,3 +85,32 @@ def test_a_fresh_demo_forgets_finished_stages_and_training_runs(tmp_path):
     fresh = Demo(load_demo_config(None, [f"workdir={workdir}", "fresh=true"]))
     assert fresh.stages.state == {}
     assert sorted(p.name for p in (workdir / "runs").iterdir()) == ["unrelated"]
+
+
+def _results(x16: dict) -> dict:
+    x4 = {"x4/psnr": 28.0, "x4/psnr_bicubic": 27.4}
+    return {"photos": {"evaluate": {"metrics": x4}}, "shapes": {"evaluate": {"metrics": x16}}}
+
+
+def test_check_fails_when_the_caption_is_ignored():
+    """--check: a 16x model that draws one blob for every caption (adherence and edit success at
+    chance, no shape-only gain) fails, however well it beats bicubic; one that follows passes."""
+    from jobs.demo_summary import checks
+
+    following = {
+        "x16/psnr": 27.5,
+        "x16/psnr_bicubic": 16.9,
+        "x16/adherence": 1.0,
+        "x16/edit_success": 0.99,
+        "x16/text_gain_shape_psnr": 8.8,
+    }
+    assert all(checks(_results(following)).values())
+    ignoring = following | {
+        "x16/adherence": 0.26,
+        "x16/edit_success": 0.25,
+        "x16/text_gain_shape_psnr": 0.01,
+    }
+    failed = [k for k, ok in checks(_results(ignoring)).items() if not ok]
+    assert len(failed) == 2 and all("chance 25%" in k for k in failed)
+    no_metrics = {"x16/psnr": 27.5, "x16/psnr_bicubic": 16.9}  # a set without attributes
+    assert not all(checks(_results(no_metrics)).values())
