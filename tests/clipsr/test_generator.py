@@ -17,17 +17,34 @@ def test_output_shape_for_every_scale_and_wiring(tiny_clip, scale, wiring):
     assert torch.isfinite(out).all()
 
 
-def test_base_sizes_native_4x_8x_16x(tiny_clip):
-    """LR 64, 32, 16 -> 256 with the base presets' structure (narrow channels to stay fast)."""
-    for scale, pre in ((4, 1), (8, 2), (16, 4)):
-        cfg = tiny_config(
-            scale,
-            "model.hr_size=256",
-            f"model.generator.lr_pre_upsample={pre}",
-        )
-        gen = build_generator(cfg, tiny_clip)
-        out = gen(torch.zeros(1, 3, 256 // scale, 256 // scale), torch.zeros(1, 64), tiny_clip)
-        assert out.shape == (1, 3, 256, 256)
+@pytest.mark.parametrize(
+    ("scale", "pre", "r4"),
+    [(4, 1, 8), (8, 1, 4), (16, 1, 2), (8, 2, 8), (16, 4, 8)],
+    ids=["native-4x", "native-8x", "native-16x", "reference-8x", "reference-16x"],
+)
+def test_base_sizes_native_and_with_the_reference_pre_upsampling(tiny_clip, scale, pre, r4):
+    """LR 64, 32, 16 -> 256 (narrow channels to stay fast): native heads upsample the whole
+    factor from the LR's own size; with the reference's pre-upsampling to 64 px the encoder
+    runs at 64 px (its 1/8 map R4 is 8x8) and the head upsamples x4."""
+    cfg = tiny_config(scale, "model.hr_size=256", f"model.generator.lr_pre_upsample={pre}")
+    gen = build_generator(cfg, tiny_clip)
+    seen = []
+    hook = gen.image_encoder.register_forward_hook(lambda m, a, out: seen.append(out[3]))
+    lr = torch.zeros(1, 3, 256 // scale, 256 // scale)
+    try:
+        out = gen(lr, torch.zeros(1, 64), tiny_clip)
+    finally:
+        hook.remove()
+    assert out.shape == (1, 3, 256, 256)
+    assert seen[0].shape[-2:] == (r4, r4)
+    assert (
+        sum(isinstance(m, torch.nn.PixelShuffle) for m in gen.head.modules())
+        == {
+            4: 2,
+            8: 3,
+            16: 4,
+        }[scale // pre]
+    )
 
 
 def test_any_lr_size_multiple_of_8_and_non_square(tiny_clip):
