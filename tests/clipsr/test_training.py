@@ -46,6 +46,32 @@ def test_step_returns_finite_losses_and_updates_both_nets(tiny_clip):
     assert all(p.grad is None for p in models.perceptual.parameters())
 
 
+def test_one_clip_pass_per_image_and_channels_last(tiny_clip, monkeypatch):
+    """The fake's CLIP features are computed once (shared by the D and G steps), the real's tap
+    maps once; G and the VGG16 train in channels_last, the EMA copy is contiguous."""
+    from clipsr.training import EMA
+
+    with pytest.warns(UserWarning):
+        models = build_models(_full_losses_cfg(), clip=tiny_clip)
+    calls = []
+    for name in ("image_features", "image_taps"):
+        method = getattr(tiny_clip, name)
+        monkeypatch.setattr(
+            tiny_clip, name, lambda x, _m=method, _n=name: calls.append(_n) or _m(x)
+        )
+    train_step(
+        models,
+        build_optimizers(models, tiny_config().optim),
+        *_batch(tiny_clip),
+        tiny_config().loss.weights,
+    )
+    assert sorted(calls) == ["image_features", "image_taps"]
+    conv = models.generator.head.to_rgb.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert models.perceptual.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert EMA(models.generator, 0.9).model.head.to_rgb.weight.is_contiguous()
+
+
 def test_paper_wiring_every_trainable_parameter_gets_a_gradient(tiny_clip):
     """The reference release trains a dead branch; in paper wiring nothing is dead.
 
