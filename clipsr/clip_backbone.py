@@ -209,6 +209,18 @@ class ClipBackbone(nn.Module):
         )
         return torch.stack(out["image_intermediates"], dim=1), out["image_features"]
 
+    def image_taps(self, images: torch.Tensor) -> torch.Tensor:
+        """Only the patch-token maps after ``image_taps`` (B, T, width, g, g): the blocks after
+        the last tap, ln_post and the projection are not run (the discriminator's input)."""
+        out = self.visual.forward_intermediates(
+            self.preprocess(images),
+            indices=list(self.cfg.image_taps),
+            stop_early=True,
+            intermediates_only=True,
+            output_fmt="NCHW",
+        )
+        return torch.stack(out["image_intermediates"], dim=1)
+
     def image_embedding(self, images: torch.Tensor) -> torch.Tensor:
         return self.visual(self.preprocess(images))
 

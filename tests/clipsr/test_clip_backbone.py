@@ -131,6 +131,26 @@ def test_text_and_image_features(tiny_clip):
     assert torch.allclose(emb, tiny_clip.image_embedding(images), atol=1e-5)
 
 
+def test_image_taps_stop_after_the_last_tapped_block(tiny_clip):
+    clip = ClipBackbone.__new__(ClipBackbone)  # the tiny ViT (4 blocks) tapped after 0 and 1
+    clip.__dict__.update(tiny_clip.__dict__)
+    clip.cfg = replace(tiny_clip.cfg, image_taps=[0, 1])
+    images = torch.rand(2, 3, 128, 128) * 2 - 1
+    ran = []
+    hooks = [
+        block.register_forward_hook(lambda *_, i=i: ran.append(i))
+        for i, block in enumerate(clip.visual.transformer.resblocks)
+    ]
+    try:
+        with torch.no_grad():
+            taps = clip.image_taps(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert ran == [0, 1]
+    assert torch.equal(taps, clip.image_features(images)[0])
+
+
 def test_trunk_without_prompts_equals_the_vit(tiny_clip):
     """run_trunk on the patch embedding grid with no prompts reproduces the ViT's last block."""
     x = tiny_clip.preprocess(torch.rand(2, 3, 64, 64) * 2 - 1)

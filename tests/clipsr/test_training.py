@@ -46,6 +46,32 @@ def test_step_returns_finite_losses_and_updates_both_nets(tiny_clip):
     assert all(p.grad is None for p in models.perceptual.parameters())
 
 
+def test_one_clip_pass_per_image_and_channels_last(tiny_clip, monkeypatch):
+    """The fake's CLIP features are computed once (shared by the D and G steps), the real's tap
+    maps once; G and the VGG16 train in channels_last, the EMA copy is contiguous."""
+    from clipsr.training import EMA
+
+    with pytest.warns(UserWarning):
+        models = build_models(_full_losses_cfg(), clip=tiny_clip)
+    calls = []
+    for name in ("image_features", "image_taps"):
+        method = getattr(tiny_clip, name)
+        monkeypatch.setattr(
+            tiny_clip, name, lambda x, _m=method, _n=name: calls.append(_n) or _m(x)
+        )
+    train_step(
+        models,
+        build_optimizers(models, tiny_config().optim),
+        *_batch(tiny_clip),
+        tiny_config().loss.weights,
+    )
+    assert sorted(calls) == ["image_features", "image_taps"]
+    conv = models.generator.head.to_rgb.weight
+    assert conv.is_contiguous(memory_format=torch.channels_last) and not conv.is_contiguous()
+    assert models.perceptual.features[0].weight.is_contiguous(memory_format=torch.channels_last)
+    assert EMA(models.generator, 0.9).model.head.to_rgb.weight.is_contiguous()
+
+
 def test_paper_wiring_every_trainable_parameter_gets_a_gradient(tiny_clip):
     """The reference release trains a dead branch; in paper wiring nothing is dead.
 
@@ -126,11 +152,15 @@ def test_caption_dropout_is_seeded_and_drops_about_its_share():
 
 
 def _d_inputs(clip, captions):
+    """(HR maps, SR maps, text): the CLIP tap maps discriminator_loss takes."""
     gen = torch.Generator().manual_seed(9)
     n = len(captions)
     hr = torch.rand(n, 3, 128, 128, generator=gen) * 2 - 1
     fake = torch.rand(n, 3, 128, 128, generator=gen) * 2 - 1
-    return hr, fake, clip.encode_text(captions)
+    with torch.no_grad():
+        real_maps, _ = clip.image_features(hr)
+        fake_maps, _ = clip.image_features(fake)
+    return real_maps, fake_maps, clip.encode_text(captions)
 
 
 def _discriminator(cfg, clip):
@@ -148,8 +178,8 @@ def test_a_batch_of_one_has_no_mismatch_term(tiny_clip):
 
     cfg = tiny_config(4)
     disc = _discriminator(cfg, tiny_clip)
-    hr, fake, text = _d_inputs(tiny_clip, ["a red square"])
-    loss, parts = discriminator_loss(tiny_clip, disc, hr, fake, text, cfg.loss.weights)
+    real_maps, fake_maps, text = _d_inputs(tiny_clip, ["a red square"])
+    loss, parts = discriminator_loss(disc, real_maps, fake_maps, text, cfg.loss.weights)
     assert parts["d_real"].item() > 0 and parts["d_fake"].item() > 0  # terms are active
     assert parts["d_mismatch"].item() == 0
     expected = parts["d_real"] + 0.5 * parts["d_fake"] + parts["d_gradient_penalty"]
@@ -162,13 +192,12 @@ def test_repeated_captions_get_a_caption_that_differs(tiny_clip):
     cfg = tiny_config(4)
     disc = _discriminator(cfg, tiny_clip)
     captions = ["a red square", "a red square", "a blue circle"]
-    hr, fake, text = _d_inputs(tiny_clip, captions)
-    _, parts = discriminator_loss(tiny_clip, disc, hr, fake, text, cfg.loss.weights)
+    real_maps, fake_maps, text = _d_inputs(tiny_clip, captions)
+    _, parts = discriminator_loss(disc, real_maps, fake_maps, text, cfg.loss.weights)
     assert parts["d_mismatch"].item() > 0
     # rolled by one, skipping repeats of the true caption: 0 <- 2, 1 <- 2 (not 0), 2 <- 1
     with torch.no_grad():
-        maps, _ = tiny_clip.image_features(hr)
-        _, mis = disc(maps, text, text[[2, 2, 1]])
+        _, mis = disc(real_maps, text, text[[2, 2, 1]])
     torch.testing.assert_close(parts["d_mismatch"], torch.relu(1 + mis).mean())
 
 
