@@ -90,6 +90,20 @@ class Parser(argparse.ArgumentParser):
             help="show every library's logs, progress bars and warnings, and tracebacks",
         )
 
+    def add_optional_config(self, config_help: str, overrides_help: str) -> None:
+        """An optional CONFIG file and ``key=value`` overrides; a first argument with ``=`` is
+        an override, not a file."""
+        self.add_argument("config", nargs="?", help=config_help)
+        self.add_argument("overrides", nargs="*", help=overrides_help)
+        self._optional_config = True
+
+    def parse_args(self, args=None, namespace=None):
+        parsed = super().parse_args(args, namespace)
+        if getattr(self, "_optional_config", False) and parsed.config and "=" in parsed.config:
+            parsed.overrides.insert(0, parsed.config)  # only overrides were given
+            parsed.config = None
+        return parsed
+
     def error(self, message: str):  # argparse's signature; never returns
         self.exit(2, f"{self.prog}: {one_line(message)} (see {self.prog} --help)\n")
 

@@ -354,8 +354,9 @@ def _opener(opts):
 
 def build_parser() -> console.Parser:
     parser = console.Parser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", nargs="?", help="optional YAML (fields of jobs/demo_config.py)")
-    parser.add_argument("overrides", nargs="*", help="overrides such as workdir=/tmp/demo")
+    parser.add_optional_config(
+        "optional YAML (fields of jobs/demo_config.py)", "overrides such as workdir=/tmp/demo"
+    )
     parser.add_argument(
         "--check", action="store_true", help="exit 1 unless every check of the summary passed"
     )
@@ -365,9 +366,6 @@ def build_parser() -> console.Parser:
 @console.command(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.config and "=" in args.config:  # only overrides were given
-        args.overrides.insert(0, args.config)
-        args.config = None
     cfg = load_demo_config(args.config, args.overrides)
     workdir = Path(cfg.workdir).resolve()
     print(
