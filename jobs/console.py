@@ -8,7 +8,8 @@
 - :func:`setup`: clipsr's own INFO lines as plain text; other libraries at WARNING (MLflow's
   download bars, open_clip's and Ray's INFO, Ray Data's progress bars beside ours); each warning
   once per process, on one line. ``--verbose`` (or ``CLIPSR_VERBOSE=1``) brings them back.
-- :func:`worker_setup_hook`: the same for Ray workers whose output reaches the console.
+- :func:`quiet_worker_logging`: the same for Ray workers whose output reaches the console
+  (through :func:`jobs.ray_setup.worker_setup`, and again in Ray Train's worker loop).
 
 Light on purpose (standard library only): ``clipsr <job> --help`` imports it.
 """
@@ -174,9 +175,6 @@ def setup(is_verbose: bool = False) -> Callable[[], None]:
         _seen_warnings.clear()
 
     return restore
-
-
-_original_showwarning = warnings.showwarning
 
 
 @contextlib.contextmanager

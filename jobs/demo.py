@@ -67,8 +67,7 @@ class Stages:
         self.times: dict[str, float] = {}
 
     def run(self, name: str, fingerprint: str, fn: Callable[[], dict]) -> dict:
-        """Run (or reuse) a stage; print one line with its result, and the evaluation and gate
-        tables under the stages that have them."""
+        """Run (or reuse) a stage; print its line (and table: jobs/demo_summary.py)."""
         done = self.state.get(name)
         if done and done.get("fingerprint") == fingerprint:
             self.times[name] = 0.0
@@ -84,10 +83,8 @@ class Stages:
 
     @staticmethod
     def _show(name: str, result: dict, when: str) -> None:
-        print(f"stage {name}: {stage_line(name, result)} ({when})", flush=True)
         details = stage_details(name, result)
-        if details:
-            print(details, flush=True)
+        print(f"stage {name}: {stage_line(name, result)} ({when}){details}", flush=True)
 
 
 class Demo:
