@@ -33,19 +33,16 @@ def build_parser() -> console.Parser:
     p = console.Parser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("action", choices=("show",), help="show: print the resolved configuration")
     p.add_argument("job", choices=sorted(JOBS), help="whose configuration (model: the library's)")
-    p.add_argument(
-        "config", nargs="?", help="YAML file (see configs/); omit it for the job's defaults"
+    p.add_optional_config(
+        "YAML file (see configs/); omit it for the job's defaults",
+        "overrides such as run.steps=200",
     )
-    p.add_argument("overrides", nargs="*", help="overrides such as run.steps=200")
     return p
 
 
 @console.command(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.config and "=" in args.config:  # only overrides were given
-        args.overrides.insert(0, args.config)
-        args.config = None
     from clipsr.config_loader import ConfigError, to_yaml
 
     module, loader, _ = JOBS[args.job]

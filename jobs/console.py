@@ -8,7 +8,8 @@
 - :func:`setup`: clipsr's own INFO lines as plain text; other libraries at WARNING (MLflow's
   download bars, open_clip's and Ray's INFO, Ray Data's progress bars beside ours); each warning
   once per process, on one line. ``--verbose`` (or ``CLIPSR_VERBOSE=1``) brings them back.
-- :func:`worker_setup_hook`: the same for Ray workers whose output reaches the console.
+- :func:`quiet_worker_logging`: the same for Ray workers whose output reaches the console
+  (through :func:`jobs.ray_setup.worker_setup`, and again in Ray Train's worker loop).
 
 Light on purpose (standard library only): ``clipsr <job> --help`` imports it.
 """
@@ -90,6 +91,20 @@ class Parser(argparse.ArgumentParser):
             help="show every library's logs, progress bars and warnings, and tracebacks",
         )
 
+    def add_optional_config(self, config_help: str, overrides_help: str) -> None:
+        """An optional CONFIG file and ``key=value`` overrides; a first argument with ``=`` is
+        an override, not a file."""
+        self.add_argument("config", nargs="?", help=config_help)
+        self.add_argument("overrides", nargs="*", help=overrides_help)
+        self._optional_config = True
+
+    def parse_args(self, args=None, namespace=None):
+        parsed = super().parse_args(args, namespace)
+        if getattr(self, "_optional_config", False) and parsed.config and "=" in parsed.config:
+            parsed.overrides.insert(0, parsed.config)  # only overrides were given
+            parsed.config = None
+        return parsed
+
     def error(self, message: str):  # argparse's signature; never returns
         self.exit(2, f"{self.prog}: {one_line(message)} (see {self.prog} --help)\n")
 
@@ -160,9 +175,6 @@ def setup(is_verbose: bool = False) -> Callable[[], None]:
         _seen_warnings.clear()
 
     return restore
-
-
-_original_showwarning = warnings.showwarning
 
 
 @contextlib.contextmanager

@@ -66,8 +66,7 @@ class Stages:
         self.times: dict[str, float] = {}
 
     def run(self, name: str, fingerprint: str, fn: Callable[[], dict]) -> dict:
-        """Run (or reuse) a stage; print one line with its result, and the evaluation and gate
-        tables under the stages that have them."""
+        """Run (or reuse) a stage; print its line (and table: jobs/demo_summary.py)."""
         done = self.state.get(name)
         if done and done.get("fingerprint") == fingerprint:
             self.times[name] = 0.0
@@ -83,10 +82,8 @@ class Stages:
 
     @staticmethod
     def _show(name: str, result: dict, when: str) -> None:
-        print(f"stage {name}: {stage_line(name, result)} ({when})", flush=True)
         details = stage_details(name, result)
-        if details:
-            print(details, flush=True)
+        print(f"stage {name}: {stage_line(name, result)} ({when}){details}", flush=True)
 
 
 class Demo:
@@ -421,8 +418,9 @@ def _opener(opts):
 
 def build_parser() -> console.Parser:
     parser = console.Parser(prog=PROG, description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", nargs="?", help="optional YAML (fields of jobs/demo_config.py)")
-    parser.add_argument("overrides", nargs="*", help="overrides such as workdir=/tmp/demo")
+    parser.add_optional_config(
+        "optional YAML (fields of jobs/demo_config.py)", "overrides such as workdir=/tmp/demo"
+    )
     parser.add_argument(
         "--check", action="store_true", help="exit 1 unless every check of the summary passed"
     )
@@ -432,9 +430,6 @@ def build_parser() -> console.Parser:
 @console.command(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    if args.config and "=" in args.config:  # only overrides were given
-        args.overrides.insert(0, args.config)
-        args.config = None
     cfg = load_demo_config(args.config, args.overrides)
     workdir = Path(cfg.workdir).resolve()
     print(

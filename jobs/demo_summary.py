@@ -70,7 +70,8 @@ def _count(result: object) -> str:
 
 
 def stage_details(name: str, result: dict) -> str:
-    """What a stage shows under its line: the evaluation table, the gate table."""
+    """What a stage shows under its line (from a newline on): the evaluation table, the gate
+    table; "" for the other stages."""
     kind = name.split()[0]
     if kind == "evaluate":
         from jobs.evaluate import format_table
@@ -82,7 +83,7 @@ def stage_details(name: str, result: dict) -> str:
 
 
 def _indent(text: str) -> str:
-    return "\n".join("    " + line if line else line for line in text.splitlines())
+    return "".join("\n    " + line if line else "\n" for line in text.splitlines())
 
 
 def checks(results: dict) -> dict[str, bool]:

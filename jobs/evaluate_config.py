@@ -10,6 +10,7 @@ from typing import Literal
 
 from clipsr.config_loader import ConfigError, load_config
 from jobs.evaluation_record import DEFAULT_EXPERIMENT
+from pipelines.local_paths import blocking_file
 
 
 def _f(default, help: str):
@@ -76,9 +77,7 @@ class EvaluateConfig:
             raise ConfigError("shards: required (the test shards' directory or s3:// prefix)")
         if not self.out or "://" in self.out:
             raise ConfigError(f"out: a local directory, not {self.out!r}")
-        out = Path(self.out)
-        taken = next((p for p in (out, *out.parents) if p.exists()), None)
-        if taken is not None and not taken.is_dir():
+        if (taken := blocking_file(self.out)) is not None:
             raise ConfigError(f"out: {taken} exists and is not a directory; choose another --out")
         if not self.split:
             raise ConfigError("split: required (e.g. test)")

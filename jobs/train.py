@@ -260,8 +260,11 @@ def failure_reason(err: BaseException) -> str:
         cause = failure
         while getattr(cause, "cause", None) is not None:  # RayTaskError wraps the worker's
             cause = cause.cause
-        lines = [line for line in str(cause).splitlines() if line.strip()]
+        text = str(cause)
+        lines = [line for line in text.splitlines() if line.strip()]
         reason = lines[-1].strip() if lines else type(cause).__name__
+        if lines and "Traceback" not in text:  # a plain exception: its type says what it is
+            reason = f"{type(cause).__name__}: {reason}"
         if reason not in reasons:
             reasons.append(reason)
     if not reasons:

@@ -170,16 +170,6 @@ def run_batch(args: argparse.Namespace) -> int:
     return 1 if result.skipped else 0
 
 
-def _check_out(out: str) -> str | None:
-    """Why the local ``--out`` cannot be an output directory, or None."""
-    if "://" in out:
-        return None
-    taken = next((p for p in (Path(out), *Path(out).parents) if p.exists()), None)
-    if taken is not None and not taken.is_dir():
-        return f"--out: {taken} exists and is not a directory; choose another --out"
-    return None
-
-
 @console.command(PROG)
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
@@ -205,9 +195,10 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--out-format shards needs --input-dir or --shards")
     if not batch and "://" in args.out:
         parser.error("--out: single files are written to a local directory (s3:// in batch mode)")
-    problem = _check_out(args.out)
-    if problem:
-        return _fail(problem)
+    from pipelines.local_paths import blocking_file
+
+    if (taken := blocking_file(args.out)) is not None:
+        return _fail(f"--out: {taken} exists and is not a directory; choose another --out")
     from jobs.tracking import default_tracking_uri
 
     args.tracking_uri = default_tracking_uri(args.tracking_uri or "") or None

@@ -25,7 +25,6 @@ import tarfile
 import time
 from collections import Counter
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 import cv2
@@ -35,6 +34,7 @@ from clipsr.images import ImageRejected, decode_image
 from clipsr.shard_dataset import iter_samples
 from clipsr.shards import SIZES, ShardSample, lr_member, sample_key, write_tar
 from pipelines import storage
+from pipelines.local_paths import blocking_file
 from pipelines.sources.base import CAPTION_MISSING, captions_from_bytes, strip_ext
 from pipelines.sources.folder import FolderSource
 from pipelines.storage import StorageOptions
@@ -331,6 +331,9 @@ def _ray_results(rows: list[dict], cfg: BatchUpscaleConfig):
 def run_batch_upscale(model_uri: str, out: str, **options: Any) -> BatchUpscaleResult:
     """Upscale a folder (``input_dir=``) or a shard set's ``split`` (``shards=``) into ``out``;
     ``options`` are the fields of :class:`BatchUpscaleConfig`. See the module docstring."""
+    import torch
+    from tqdm import tqdm
+
     start, cfg = time.time(), BatchUpscaleConfig(model_uri, out, **options)
     if cfg.out_format not in ("files", "shards"):
         raise BatchConfigError(f"--out-format: {cfg.out_format!r} is not files or shards")
@@ -347,42 +350,17 @@ def run_batch_upscale(model_uri: str, out: str, **options: Any) -> BatchUpscaleR
         chunks, skipped = _plan_folder(cfg)
     else:
         (chunks, manifest), skipped = _plan_shards(cfg), []
-    _check_out(cfg)
+    if (taken := blocking_file(cfg.out)) is not None:  # out appears with its first file
+        raise BatchConfigError(f"--out: {taken} exists and is not a directory")
+    try:
+        storage.exists(storage.join(cfg.out, SKIPPED), cfg.opts)  # a missing bucket raises
+    except (FileNotFoundError, OSError) as err:
+        raise BatchConfigError(f"--out: {err}") from None
     cfg.model_uri, resolver = _check_model(cfg)
     if cfg.shards and resolver.scale not in manifest.get("scales", []):
         scales = manifest.get("scales")
         raise BatchConfigError(f"--shards: no x{resolver.scale} LR images (scales: {scales})")
     cfg.scale = resolver.scale
-    made = not storage.is_remote(cfg.out) and not os.path.isdir(cfg.out)
-    try:
-        return _run(cfg, chunks, skipped, resolver, start)
-    except BaseException:
-        if made and os.path.isdir(cfg.out) and not os.listdir(cfg.out):
-            os.rmdir(cfg.out)  # a failed run leaves no empty output folder behind
-        raise
-
-
-def _check_out(cfg: BatchUpscaleConfig) -> None:
-    """``--out``: a local path that is (or can become) a directory, or a reachable bucket."""
-    if storage.is_remote(cfg.out):
-        try:
-            storage.exists(storage.join(cfg.out, SKIPPED), cfg.opts)  # a missing bucket raises
-        except (FileNotFoundError, OSError) as err:
-            raise BatchConfigError(f"--out: {err}") from None
-        return
-    taken = next((p for p in (cfg.out, *Path(cfg.out).parents) if os.path.exists(p)), None)
-    if taken is not None and not os.path.isdir(taken):
-        raise BatchConfigError(f"--out: {taken} exists and is not a directory")
-    if taken is not None and not os.access(taken, os.W_OK):
-        raise BatchConfigError(f"--out: {taken} is not writable")
-
-
-def _run(cfg, chunks, skipped, resolver, start) -> BatchUpscaleResult:
-    import torch
-    from tqdm import tqdm
-
-    if not storage.is_remote(cfg.out):
-        os.makedirs(cfg.out, exist_ok=True)
     cfg.gpu = torch.cuda.is_available() if cfg.gpu is None else cfg.gpu
     rows = [{**c, "items": json.dumps(c["items"])} for c in chunks]
     if cfg.use_ray:

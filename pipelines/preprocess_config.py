@@ -8,6 +8,7 @@ from typing import Literal
 
 from clipsr.config_loader import ConfigError, load_config
 from clipsr.degradations import DegradationConfig
+from pipelines.local_paths import blocking_file
 from pipelines.sources import SourceConfig
 from pipelines.storage import StorageOptions
 
@@ -53,11 +54,8 @@ class PreprocessConfig:
             raise ConfigError("source.path: required (the corpus root, manifest or tar prefix)")
         if not self.output:
             raise ConfigError("output: required (a directory or s3://bucket/prefix)")
-        if "://" not in self.output:
-            out = Path(self.output).expanduser()
-            taken = next((p for p in (out, *out.parents) if p.exists()), None)
-            if taken is not None and not taken.is_dir():
-                raise ConfigError(f"output: {taken} exists and is not a directory")
+        if (taken := blocking_file(self.output)) is not None:
+            raise ConfigError(f"output: {taken} exists and is not a directory")
         if not self.scales:
             raise ConfigError("scales: at least one scale, e.g. [4, 8, 16]")
         for s in self.scales:

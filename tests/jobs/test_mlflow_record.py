@@ -116,4 +116,6 @@ def test_a_failed_fit_is_reported_by_the_workers_own_error():
     wrapped = RuntimeError("Traceback (most recent call last):\n  File x\nCheckpointError: bad")
     err = Failed({0: wrapped, 1: RuntimeError("Traceback\nCheckpointError: bad")})
     assert failure_reason(err) == "CheckpointError: bad"
+    plain = Failed({0: ValueError("model.clip.pretrained: no such tag")})
+    assert failure_reason(plain) == "ValueError: model.clip.pretrained: no such tag"
     assert failure_reason(RuntimeError("one\ntwo")) == "two"
