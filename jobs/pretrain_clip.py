@@ -87,28 +87,34 @@ def _register(tracker, cfg, output: Path, tags: dict, metrics: dict) -> str | No
 def run_pretrain_clip(cfg) -> PretrainClipResult:
     import json
 
-    import ray
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
 
     from clipsr.config_loader import flatten, to_dict
     from jobs.pretrain_clip_loop import WEIGHTS, clip_train_loop
-    from jobs.ray_setup import train_runtime_env
+    from jobs.ray_setup import train_logging_config, train_runtime_env
     from jobs.tracking import RunTracker, check_tracking_uri, resolve_tracking_uri
-    from jobs.train import _absolute, _storage
+    from jobs.train import _absolute
+    from jobs.train_backend import NodeBoundTorchConfig
+    from pipelines import storage
+    from pipelines.ray_cluster import init_ray
 
     cfg.validate()
     cfg.data.shards = _absolute(cfg.data.shards)
     cfg.run.storage_path = _absolute(cfg.run.storage_path)
     cfg.clip.checkpoint = _absolute(cfg.clip.checkpoint)
     cfg.clip.cache_dir = _absolute(cfg.clip.cache_dir)
+    # the workers get this endpoint, not their own node's environment
+    cfg.data.endpoint_url = storage.resolve_endpoint(cfg.data.endpoint_url)
     manifest, train_urls, val_urls, scale, manifest_sha = _inputs(cfg)
-    storage_path, filesystem = _storage(cfg)
-    run_dir = (
-        Path(storage_path) / cfg.run.name if filesystem is None else Path("runs") / cfg.run.name
+    opts = storage.StorageOptions(endpoint_url=cfg.data.endpoint_url)
+    storage_path, filesystem = storage.ray_storage(cfg.run.storage_path, opts)
+    root = Path(storage_path) if filesystem is None else Path("runs")
+    output = (
+        Path(cfg.output).expanduser().resolve() if cfg.output else root / cfg.run.name / WEIGHTS
     )
-    output = Path(cfg.output).expanduser().resolve() if cfg.output else run_dir / WEIGHTS
-    tracking_uri, artifact_location = resolve_tracking_uri(cfg.tracking.tracking_uri, run_dir)
+    # the storage root's shared embedded store, as clipsr train uses (unless a URI is set)
+    tracking_uri, artifact_location = resolve_tracking_uri(cfg.tracking.tracking_uri, root)
     check_tracking_uri(tracking_uri)
     tags = {"dataset_manifest_sha256": manifest_sha, "clip_arch": cfg.clip.arch}
     tracker = RunTracker(tracking_uri)
@@ -120,14 +126,13 @@ def run_pretrain_clip(cfg) -> PretrainClipResult:
         tags=tags,
         system_metrics=cfg.tracking.system_metrics,
     )
-    if not ray.is_initialized():
-        ray.init(
-            address=cfg.run.ray_address or None,
-            log_to_driver=True,
-            runtime_env=train_runtime_env(
-                {"OMP_NUM_THREADS": str(max(1, int(cfg.run.cpus_per_worker)))}
-            ),
-        )
+    init_ray(
+        cfg.run.ray_address,
+        log_to_driver=True,
+        runtime_env=train_runtime_env(
+            {"OMP_NUM_THREADS": str(max(1, int(cfg.run.cpus_per_worker)))}
+        ),
+    )
     resources = {"CPU": cfg.run.cpus_per_worker} | ({"GPU": 1} if cfg.run.use_gpu else {})
     trainer = TorchTrainer(
         clip_train_loop,
@@ -145,13 +150,14 @@ def run_pretrain_clip(cfg) -> PretrainClipResult:
             use_gpu=cfg.run.use_gpu,
             resources_per_worker=resources,
         ),
-        torch_config=TorchConfig(backend="nccl" if cfg.run.use_gpu else "gloo"),
+        torch_config=NodeBoundTorchConfig(backend="nccl" if cfg.run.use_gpu else "gloo"),
         run_config=ray.train.RunConfig(
             name=cfg.run.name,
             storage_path=storage_path,
             storage_filesystem=filesystem,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            logging_config=train_logging_config(),
         ),
     )
     try:

@@ -111,9 +111,11 @@ def clip_train_loop(config: dict[str, Any]) -> None:
     )
     from clipsr.config_loader import from_dict
     from clipsr.shard_dataset import TrainingBatchStream, iter_eval_batches
+    from jobs.console import quiet_worker_logging
     from jobs.pretrain_clip_config import PretrainClipConfig
     from jobs.train_loop import _open, _rank0_tracker
 
+    quiet_worker_logging()  # Ray Train has just set the worker's root logger to INFO
     cfg = from_dict(PretrainClipConfig, config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
