@@ -194,7 +194,7 @@ def clip_train_loop(config: dict[str, Any]) -> None:
             window = time.perf_counter()
             metrics |= {
                 "loss/contrastive": float(loss.detach()),
-                "clip/logit_scale": float(plain.logit_scale.exp()),
+                "clip/logit_scale": float(plain.logit_scale.detach().exp()),
                 "perf/steps_per_s": 1 / max(per_step, 1e-9),
             }
             if rank == 0:
