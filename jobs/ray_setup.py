@@ -16,6 +16,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 
@@ -33,7 +34,15 @@ def quiet_placement_group_cleaner() -> None:
 
 
 def worker_setup() -> None:
-    """Ray ``worker_process_setup_hook`` of every worker of the job (see the module docstring)."""
+    """Ray ``worker_process_setup_hook`` of every worker of the job (see the module docstring).
+
+    It also names the worker's own cluster in ``RAY_ADDRESS``: the cleaner finds the State API
+    by "auto" discovery, which fails ("Found multiple active Ray instances", a traceback a
+    second) on a machine that runs several Ray instances."""
+    import ray
+
+    with contextlib.suppress(Exception):  # not connected (a plain process): nothing to name
+        os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
     if os.environ.get(QUIET_CLEANER_ENV) == "1":
         quiet_placement_group_cleaner()
     console.quiet_worker_logging()
