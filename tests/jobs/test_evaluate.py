@@ -219,7 +219,10 @@ def test_repeatable_bytes_local_and_ray_and_the_caption_ablation(
         assert png == (tmp_path / "c/images" / name).read_bytes()
     assert str(tmp_path) not in data.decode()  # no temp path but the model URI as given
     doc = json.loads(data)
-    assert doc["model"] == {"uri": str(checkpoint), "name": None, "version": None, "scale": 4}
+    assert doc["model"] == {
+        "uri": str(checkpoint), "name": None, "version": None, "scale": 4,
+        "clip_weights": "random (no pretrained weights; clipsr-tiny, init seed 0)",
+    }  # fmt: skip
 
     # the ablation: the text changes the output, and the gains are the differences
     m, rows = doc["metrics"]["x4"], doc["per_sample"]["x4"]
