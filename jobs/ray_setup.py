@@ -16,7 +16,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import os
 
@@ -36,13 +35,13 @@ def quiet_placement_group_cleaner() -> None:
 def worker_setup() -> None:
     """Ray ``worker_process_setup_hook`` of every worker of the job (see the module docstring).
 
-    It also names the worker's own cluster in ``RAY_ADDRESS``: the cleaner finds the State API
-    by "auto" discovery, which fails ("Found multiple active Ray instances", a traceback a
-    second) on a machine that runs several Ray instances."""
+    It also names the worker's own cluster in ``RAY_ADDRESS``: the cleaner looks its cluster up
+    from the environment, and on a machine with several Ray instances (other users' jobs) it
+    cannot tell which is its own and its monitor thread dies with a traceback."""
     import ray
 
-    with contextlib.suppress(Exception):  # not connected (a plain process): nothing to name
-        os.environ.setdefault("RAY_ADDRESS", ray.get_runtime_context().gcs_address)
+    if not os.environ.get("RAY_ADDRESS") and ray.is_initialized():
+        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     if os.environ.get(QUIET_CLEANER_ENV) == "1":
         quiet_placement_group_cleaner()
     console.quiet_worker_logging()
