@@ -118,3 +118,23 @@ def test_parameter_counts(tiny_clip):
     assert total == trainable > 0
     clip_total, clip_trainable = count_parameters(models.clip)
     assert clip_trainable == 0 and clip_total > 0
+
+
+def test_a_non_finite_loss_raises_before_the_generator_update(tiny_clip):
+    from clipsr.training import NonFiniteLossError
+
+    cfg = tiny_config(4, "loss.weights.gradient_penalty=.nan")
+    models = build_models(cfg, clip=tiny_clip)
+    opts = build_optimizers(models, cfg.optim)
+    before = {k: v.clone() for k, v in models.generator.state_dict().items()}
+    checks = []
+    with pytest.raises(NonFiniteLossError, match="discriminator loss is nan"):
+        train_step(
+            models,
+            opts,
+            *_batch(tiny_clip),
+            cfg.loss.weights,
+            all_finite=lambda t: checks.append(t.tolist()) or bool(torch.isfinite(t).all()),
+        )
+    assert len(checks) == 1 and len(checks[0]) == 2  # one check per step, of both losses
+    assert all(torch.equal(before[k], v) for k, v in models.generator.state_dict().items())
