@@ -45,8 +45,9 @@ print(json.dumps({"samples": n, "seconds": time.time() - start}))
 """
 
 RAY = """
-import json, sys, ray
-ray.init(num_cpus=int(sys.argv[3]), include_dashboard=False, log_to_driver=False,
+import json, sys
+from pipelines.ray_cluster import init_ray
+init_ray("", num_cpus=int(sys.argv[3]), include_dashboard=False, log_to_driver=False,
          runtime_env={"env_vars": {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}})
 from pipelines.preprocess import run_preprocess
 from pipelines.preprocess_config import load_preprocess_config

@@ -30,7 +30,6 @@ from statistics import median
 import numpy as np
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))  # benchmarks.* next to clipsr
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -172,7 +171,9 @@ def main() -> None:
     sys.stdout.reconfigure(line_buffering=True)  # each table as soon as it is measured
     import ray
 
-    ray.init(include_dashboard=False, log_to_driver=False)
+    from pipelines.ray_cluster import init_ray
+
+    init_ray("", include_dashboard=False, log_to_driver=False)
     rows = []
     with tempfile.TemporaryDirectory(prefix="clipsr-train-bench-") as tmp:
         tmp = Path(tmp)

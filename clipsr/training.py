@@ -7,7 +7,9 @@ One step, as the reference (GALIP) loop orders it:
    reference shares them between its two steps the same way); the tap maps of HR without a
    graph, stopping after the last tapped block.
 2. D step: HR's maps (requiring grad, for MA-GP) and SR's maps detached go through D+C in one
-   batched pass; matching-aware hinge (real, fake, caption rolled by one) + MA-GP; Adam step.
+   batched pass; matching-aware hinge (real, fake, mismatched caption: the batch's captions
+   rolled by one, skipping repeats of the true caption; see ``mismatched_rows``) + MA-GP; Adam
+   step.
 3. G step on the same SR: L1 + perceptual + adversarial (SR's maps through the updated D, called
    without its DDP wrapper and with frozen parameters, so no D gradients are computed or
    synchronised) - CLIP text-image cosine; Adam step.
@@ -32,6 +34,8 @@ from clipsr.discriminator import (
     discriminator_hinge_loss,
     generator_adversarial_loss,
     matching_aware_gradient_penalty,
+    mismatch_hinge,
+    mismatched_rows,
 )
 from clipsr.generator import CLIPSRGenerator
 from clipsr.losses import VGGPerceptualLoss, build_perceptual_loss, clip_text_similarity
@@ -133,12 +137,19 @@ def discriminator_loss(
     """Matching-aware hinge + MA-GP; real, fake and mismatched caption in one batched D pass.
 
     ``real_maps``/``fake_maps`` are the CLIP tap maps (B, T, width, g, g) of HR and SR; neither
-    may carry a graph into CLIP or G (pass SR's detached)."""
+    may carry a graph into CLIP or G (pass SR's detached).
+
+    The mismatched caption of a sample is another sample's caption that differs from its own
+    (:func:`~clipsr.discriminator.mismatched_rows`); a sample with none (a per-rank batch of one,
+    or a batch of identical captions) is left out of the mismatch term, which is 0 when no
+    sample has one. The reference's ``roll(1)`` would pair such a sample with its true caption
+    and train D to reject a matching pair."""
     batch = real_maps.shape[0]
     real_maps = real_maps.detach().float().requires_grad_(True)
     fake_maps = fake_maps.detach().float()
     text_d = text.detach().clone().requires_grad_(True)
-    mismatched = text.detach().roll(1, dims=0)
+    mis_index, mis_valid = mismatched_rows(text)
+    mismatched = text.detach()[mis_index]
     logits, logits_mis = disc(
         torch.cat([real_maps, fake_maps]),
         torch.cat([text_d, text.detach()]),
@@ -148,12 +159,12 @@ def discriminator_loss(
     penalty = matching_aware_gradient_penalty(
         real, real_maps, text_d, weights.gradient_penalty, weights.gradient_penalty_power
     )
-    loss = discriminator_hinge_loss(real, fake_logits, mis) + penalty
+    loss = discriminator_hinge_loss(real, fake_logits, mis, mis_valid) + penalty
     parts = {
         "d_loss": loss,
         "d_real": torch.relu(1 - real).mean(),
         "d_fake": torch.relu(1 + fake_logits).mean(),
-        "d_mismatch": torch.relu(1 + mis).mean(),
+        "d_mismatch": mismatch_hinge(mis, mis_valid),
         "d_gradient_penalty": penalty,
     }
     return loss, parts
@@ -170,12 +181,16 @@ def generator_loss(
     """L1 + perceptual + adversarial - CLIP cosine, through D called without its DDP wrapper
     and with frozen parameters (no D gradients are computed or synchronised).
 
-    ``fake_features`` = ``models.clip.image_features(fake)`` with its graph to ``fake``."""
+    ``fake_features`` = ``models.clip.image_features(fake)`` with its graph to ``fake``. Under an
+    autocast context CLIP runs in low precision, but D+C runs in fp32 (autocast off, inputs cast
+    up), as in the D step: G is scored by D at the precision D was trained in, at little cost
+    (D reads the 7x7 CLIP maps; CLIP, not D, is the expensive part)."""
     fake_maps, fake_emb = fake_features
     plain_disc = _unwrap(models.discriminator)
     plain_disc.requires_grad_(False)
     try:
-        adversarial = generator_adversarial_loss(plain_disc(fake_maps, text))
+        with torch.autocast(fake.device.type, enabled=False):
+            adversarial = generator_adversarial_loss(plain_disc(fake_maps.float(), text.float()))
     finally:
         plain_disc.requires_grad_(True)
     reconstruction = torch.nn.functional.l1_loss(fake, hr)
@@ -205,7 +220,8 @@ class Precision:
 
     G, CLIP's image passes (of SR and of HR alike, so that D compares maps of one precision) and
     the perceptual net run under autocast; D+C and MA-GP stay in fp32 (a gradient penalty in
-    fp16 underflows).
+    fp16 underflows): the D step runs outside autocast, and in the G step
+    :func:`generator_loss` switches autocast off around D+C.
     """
 
     device_type: str = "cpu"
@@ -286,24 +302,43 @@ def train_step(
 
 
 class EMA:
-    """Exponential moving average of the generator's weights (used for validation and export)."""
+    """Exponential moving average of the generator's weights (used for validation and export).
 
-    def __init__(self, generator: nn.Module, decay: float):
+    With ``warmup`` the decay of update ``t`` (0-based) is ``min(decay, (1 + t) / (10 + t))``:
+    the average follows the young weights closely and reaches ``decay`` later (without it, a
+    0.999 average still holds 37% of the initial weights after 1,000 updates).
+    """
+
+    def __init__(self, generator: nn.Module, decay: float, warmup: bool = False):
         import copy
 
-        self.decay = decay
+        self.decay, self.warmup = decay, warmup
         # contiguous (NCHW) like a generator loaded for inference, so that validation and export
         # compute exactly what the exported checkpoint computes
         model = copy.deepcopy(_unwrap(generator)).eval().requires_grad_(False)
         self.model = model.to(memory_format=torch.contiguous_format)
 
+    def decay_at(self, step: int) -> float:
+        return min(self.decay, (1 + step) / (10 + step)) if self.warmup else self.decay
+
     @torch.no_grad()
-    def update(self, generator: nn.Module) -> None:
+    def update(self, generator: nn.Module, step: int = 0) -> None:
+        """Blend in the live weights; ``step`` = the number of earlier updates (the warm-up)."""
         source = _unwrap(generator)
+        decay = self.decay_at(step)
         for ema, live in zip(self.model.parameters(), source.parameters()):
-            ema.lerp_(live.detach(), 1.0 - self.decay)
+            ema.lerp_(live.detach(), 1.0 - decay)
         for ema, live in zip(self.model.buffers(), source.buffers()):
             ema.copy_(live)
+
+
+def drop_captions(captions: list[str], prob: float, generator: torch.Generator) -> list[str]:
+    """Each caption replaced by "" with probability ``prob`` (caption dropout: the model also
+    learns to upscale without text, and to tell what the text adds)."""
+    if prob <= 0:
+        return list(captions)
+    keep = torch.rand(len(captions), generator=generator) >= prob
+    return [c if k else "" for c, k in zip(captions, keep.tolist())]
 
 
 def count_parameters(module: nn.Module) -> tuple[int, int]:

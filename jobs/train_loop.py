@@ -57,12 +57,22 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from clipsr.config_loader import from_dict
+    from clipsr.initial_weights import initial_clip, load_initial_weights
     from clipsr.shard_dataset import TrainingBatchStream, iter_eval_batches
     from clipsr.train_state import load_training_checkpoint
-    from clipsr.training import EMA, Precision, build_models, build_optimizers, train_step
+    from clipsr.training import (
+        EMA,
+        Precision,
+        build_models,
+        build_optimizers,
+        drop_captions,
+        train_step,
+    )
+    from jobs.console import quiet_worker_logging
     from jobs.train_config import TrainConfig
     from jobs.train_validation import validate
 
+    quiet_worker_logging()  # again: Ray Train has just set the worker's root logger to INFO
     cfg = from_dict(TrainConfig, config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
@@ -70,8 +80,13 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if not cfg.run.use_gpu:  # one intra-op thread per reserved CPU, whoever started Ray
         torch.set_num_threads(max(1, int(cfg.run.cpus_per_worker)))
     torch.manual_seed(cfg.seed + rank)
-    models = build_models(cfg).to(device)
-    ema = EMA(models.generator, cfg.run.ema_decay)
+    init = cfg.run.init_from
+    models = build_models(cfg, clip=initial_clip(cfg, init) if init else None).to(device)
+    ema = EMA(models.generator, cfg.run.ema_decay, warmup=cfg.run.ema_warmup)
+    if init:  # a resume below overwrites every part again
+        loaded = load_initial_weights(init, models, ema)
+        if rank == 0:
+            log.info("weights from %s: %s", init, ", ".join(loaded))
     ddp = ddp_options(cfg.run.use_gpu)
     models.generator = ray.train.torch.prepare_model(models.generator, parallel_strategy_kwargs=ddp)
     models.discriminator = ray.train.torch.prepare_model(
@@ -123,7 +138,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for opt, base in zip((optimizers.generator, optimizers.discriminator), base_lrs):
             for group in opt.param_groups:
                 group["lr"] = base * _schedule(cfg, step)
-        text = models.clip.encode_text(batch["captions"])
+        captions = batch["captions"]
+        if cfg.run.caption_dropout > 0:  # seeded by (seed, step, rank): resumes identically
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 101 + rank)
+            captions = drop_captions(captions, cfg.run.caption_dropout, g)
+        text = models.clip.encode_text(captions)
         try:
             losses = train_step(
                 models,
@@ -142,7 +161,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 write_nonfinite_marker(cfg, {"step": step + 1, "error": str(err)})
             ray.train.report({"step": step})
             return
-        ema.update(models.generator)
+        ema.update(models.generator, step)
         step += 1
         window_steps += 1
         metrics: dict[str, float] = {}
@@ -221,7 +240,7 @@ class _MetricLogger:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k.replace("/", "."), float(v), now, step) for k, v in metrics.items()]
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]  # "/" groups charts
         self.client.log_batch(self.run_id, metrics=batch)
 
     def log_image(self, image, name: str) -> None:

@@ -46,6 +46,7 @@ class PreprocessSummary:
     shards_skipped: int = 0
     seconds: float = 0.0
     output: str = ""
+    total_written: int = 0  # samples in the dataset (this run's and committed shards')
 
     @property
     def samples_per_second(self) -> float:
@@ -156,24 +157,23 @@ def check_output(cfg: PreprocessConfig, chash: str) -> None:
 
 
 def _init_ray(cfg: PreprocessConfig):
-    import ray
+    from pipelines.ray_cluster import init_ray
 
-    if not ray.is_initialized():
-        ray.init(
-            address=cfg.ray_address or None,
-            ignore_reinit_error=True,
-            log_to_driver=False,
-            runtime_env={"env_vars": {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}},
-        )
-    return ray
+    return init_ray(
+        cfg.ray_address,
+        log_to_driver=False,
+        runtime_env={"env_vars": {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}},
+    )
 
 
 def run_preprocess(cfg: PreprocessConfig, progress: bool = True) -> PreprocessSummary:
     """Run the job (see the module docstring); returns the summary of this run."""
     cfg.validate()
+    cfg.storage = cfg.storage.resolved()  # the workers get the driver's endpoint and region
     validate(cfg.source, cfg.storage)  # fail fast: paths and layout, before any work
     chash = config_hash(cfg)
     check_output(cfg, chash)
+    attributes = load_attributes(cfg)
     start = time.time()
     plans, duplicates = plan_shards(cfg)
     if not plans:
@@ -195,7 +195,8 @@ def run_preprocess(cfg: PreprocessConfig, progress: bool = True) -> PreprocessSu
     )
     if todo:
         _write_with_ray(cfg, todo, summary, progress)
-    _finish(cfg, plans, duplicates, chash)
+    manifest = _finish(cfg, plans, duplicates, chash, attributes)
+    summary.total_written = sum(c["samples"] for c in manifest["splits"].values())
     summary.rejected = dict(sorted(Counter(summary.rejected).items()))
     summary.seconds = time.time() - start
     return summary
@@ -236,8 +237,40 @@ def _write_row(row: dict[str, Any], cfg_dict: dict[str, Any]) -> dict[str, Any]:
     return {"name": row["name"], "stats": json.dumps(stats)}
 
 
-def _finish(cfg, plans, duplicates, chash) -> None:
-    """Manifest, sizes and rejects from every shard's committed stats (this run's and earlier)."""
+def load_attributes(cfg: PreprocessConfig) -> dict[str, Any] | None:
+    """The corpus's attribute declaration (``attributes`` or ``source.path/attributes.json``),
+    validated before any work; None when there is none."""
+    from clipsr.adherence import KIND, ShapeAttributes
+
+    uri = cfg.attributes or storage.join(cfg.source.path, "attributes.json")
+    try:
+        data = json.loads(storage.read_bytes(uri, cfg.storage))
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        if cfg.attributes:
+            raise ConfigError(f"attributes: file not found: {cfg.attributes}") from None
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"attributes: {uri} is not valid JSON ({err})") from None
+    if isinstance(data, dict) and data.get("kind") == KIND:
+        try:
+            ShapeAttributes.from_dict(data)
+        except ValueError as err:
+            raise ConfigError(f"attributes ({uri}): {err}") from None
+        wanted = data.get("degradation")
+        if wanted and wanted != cfg.degradation.kind:
+            log.warning(
+                "%s declares degradation %r but degradation.kind is %r: the LR may show what "
+                "only the caption should tell",
+                uri,
+                wanted,
+                cfg.degradation.kind,
+            )
+    return data
+
+
+def _finish(cfg, plans, duplicates, chash, attributes=None) -> dict[str, Any]:
+    """Manifest, sizes and rejects from every shard's committed stats (this run's and earlier);
+    returns the manifest."""
     shards, rejects = [], list(duplicates)
     counts: dict[str, dict[str, int]] = {}
     for plan in plans:
@@ -274,6 +307,9 @@ def _finish(cfg, plans, duplicates, chash) -> None:
         "hr_size": cfg.hr_size,
         "shards": shards,
     }
+    if attributes is not None:
+        manifest["attributes"] = attributes
     storage.write_bytes(
         storage.join(cfg.output, MANIFEST), json.dumps(manifest, indent=1).encode(), cfg.storage
     )
+    return manifest

@@ -8,6 +8,7 @@ from typing import Literal
 
 from clipsr.config_loader import ConfigError, load_config
 from clipsr.degradations import DegradationConfig
+from pipelines.local_paths import blocking_file
 from pipelines.sources import SourceConfig
 from pipelines.storage import StorageOptions
 
@@ -17,7 +18,8 @@ class PreprocessConfig:
     source: SourceConfig = field(default_factory=lambda: SourceConfig(kind="folder"))
     # Destination directory or s3://bucket/prefix; workers write shards straight to it.
     output: str = ""
-    # S3 endpoint override for S3-compatible stores (credentials only from the environment).
+    # S3 endpoint override for S3-compatible stores ("" = AWS_ENDPOINT_URL(_S3) of the driver,
+    # else AWS; resolved on the driver); credentials only from the environment.
     storage: StorageOptions = field(default_factory=StorageOptions)
     hr_size: int = 256
     scales: list[int] = field(default_factory=lambda: [4, 8, 16])
@@ -46,12 +48,17 @@ class PreprocessConfig:
     concurrency: int = 0
     # Start over: delete the commit markers of existing shards and rewrite everything.
     overwrite: bool = False
+    # Attribute declaration copied into manifest.json (what clipsr evaluate's prompt-adherence
+    # metrics need): a JSON file, local or s3://. "" = source.path/attributes.json if it exists.
+    attributes: str = ""
 
     def validate(self) -> None:
         if not self.source.path:
             raise ConfigError("source.path: required (the corpus root, manifest or tar prefix)")
         if not self.output:
             raise ConfigError("output: required (a directory or s3://bucket/prefix)")
+        if (taken := blocking_file(self.output)) is not None:
+            raise ConfigError(f"output: {taken} exists and is not a directory")
         if not self.scales:
             raise ConfigError("scales: at least one scale, e.g. [4, 8, 16]")
         for s in self.scales:
@@ -76,5 +83,7 @@ class PreprocessConfig:
             raise ConfigError("concurrency/max_samples: must be >= 0")
 
 
-def load_preprocess_config(path: str | Path | None, overrides: list[str] = ()) -> PreprocessConfig:
-    return load_config(PreprocessConfig, path, overrides)
+def load_preprocess_config(
+    path: str | Path | None, overrides: list[str] = (), validate: bool = True
+) -> PreprocessConfig:
+    return load_config(PreprocessConfig, path, overrides, validate)

@@ -121,7 +121,7 @@ class ManifestSource:
             return SourceSample(source_id, image="", captions=captions, error="image_missing")
         if SURROGATE.search(image):
             return SourceSample(source_id, image="", error="image_path_undecodable")
-        if SCHEME.match(image) and not storage.is_s3(image):
+        if SCHEME.match(image) and not (storage.is_remote(image) and storage.is_supported(image)):
             return SourceSample(source_id, image=image, error="image_uri_unsupported")
         return SourceSample(source_id, storage.join(base_dir, image), captions, error=error)
 

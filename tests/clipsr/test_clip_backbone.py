@@ -161,3 +161,43 @@ def test_trunk_without_prompts_equals_the_vit(tiny_clip):
     prompts = torch.randn(2, 2, tiny_clip.width)
     with_prompts = tiny_clip.run_trunk(grid, prompts, [1, 2])
     assert with_prompts.shape == ours.shape and not torch.allclose(with_prompts, ours)
+
+
+def test_weights_from_a_checkpoint_keep_the_quick_gelu_of_their_source(tiny_clip):
+    """A config naming OpenAI weights (QuickGELU) rebuilt from saved weights stays QuickGELU."""
+    from dataclasses import replace
+
+    from open_clip.transformer import QuickGELU
+
+    from clipsr.clip_backbone import ClipBackbone
+
+    cfg = replace(tiny_clip.cfg, pretrained="openai")
+    clip = ClipBackbone(cfg, state_dict=tiny_clip.weights_state_dict())
+    assert isinstance(clip.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
+    assert not isinstance(tiny_clip.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
+
+
+def test_a_checkpoint_says_whether_its_clip_is_random(tmp_path, tiny_clip, caplog):
+    """A model trained on a random CLIP carries it and is warned about as such (not as "no
+    weights are configured"); one whose CLIP weights came from a file is not warned about;
+    open_clip's own "initialized randomly" notice, wrong for both, is not logged."""
+    from clipsr.inference import SuperResolver, save_generator_checkpoint
+    from clipsr.training import build_generator
+
+    cfg = tiny_config(4)
+    generator = build_generator(cfg, tiny_clip)
+    save_generator_checkpoint(tmp_path / "random", cfg, generator, tiny_clip)
+    with pytest.warns(RandomClipWeightsWarning, match="saved in its checkpoint") as record:
+        resolver = SuperResolver.from_checkpoint(tmp_path / "random", "cpu")
+    assert not any("no weights are configured" in str(w.message) for w in record)
+    assert resolver.clip.weights_description.startswith("random (no pretrained weights")
+    assert "No pretrained weights loaded" not in caplog.text
+
+    weights = tmp_path / "clip.safetensors"
+    save_file({k: v.clone() for k, v in tiny_clip.weights_state_dict().items()}, str(weights))
+    real = replace(cfg, model=replace(cfg.model, clip=_tiny_cfg(checkpoint=str(weights))))
+    save_generator_checkpoint(tmp_path / "real", real, generator, ClipBackbone(real.model.clip))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RandomClipWeightsWarning)  # must not warn
+        loaded = SuperResolver.from_checkpoint(tmp_path / "real", "cpu")
+    assert loaded.clip.weights_description == f"{weights} (clipsr-tiny)"
