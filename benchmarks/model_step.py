@@ -191,6 +191,7 @@ def main() -> None:
     parser.add_argument("--profile", type=int, default=0, metavar="ROUNDS")
     parser.add_argument("--flops", action="store_true")
     args = parser.parse_args()
+    sys.stdout.reconfigure(line_buffering=True)  # each table as soon as it is measured
     torch.set_num_threads(args.threads)
     clock = time.perf_counter if args.clock == "wall" else time.process_time
     print(

@@ -268,11 +268,13 @@ def train_step(
     """One D update and one G update on a batch; returns the loss terms as floats.
 
     ``lr``/``hr`` are [-1, 1] images, ``text`` the CLIP sentence embeddings (B, D). Raises
-    :class:`NonFiniteLossError` (before that update) when a loss is NaN or infinite;
-    ``all_finite`` decides it (distributed: a collective over all ranks, so that every rank
-    stops at the same point instead of one waiting in an all-reduce).
+    :class:`NonFiniteLossError` when the D or the G loss is NaN or infinite, before G's update
+    (D's update of that step has then been made, possibly from the non-finite loss; the caller
+    stops and never keeps that step's weights). One check per step: ``all_finite`` gets both
+    losses (distributed: one small collective over all ranks, so that every rank stops at the
+    same step instead of one waiting in an all-reduce).
     """
-    all_finite = all_finite or (lambda t: bool(torch.isfinite(t)))
+    all_finite = all_finite or (lambda t: bool(torch.isfinite(t).all()))
     precision = precision or Precision()
     text = text.detach()
     with precision.autocast():
@@ -284,14 +286,14 @@ def train_step(
     d_loss, d_parts = discriminator_loss(
         models.discriminator, real_maps, fake_features[0], text, weights
     )
-    if not all_finite(d_loss):
-        raise NonFiniteLossError(f"discriminator loss is {d_loss.item()}")
     _backward_step(d_loss, optimizers.discriminator, precision.discriminator_scaler)
 
     with precision.autocast():
         g_loss, g_parts = generator_loss(models, hr, fake, fake_features, text, weights)
-    if not all_finite(g_loss):
-        raise NonFiniteLossError(f"generator loss is {g_loss.item()}")
+    losses = torch.stack([d_loss.detach().float(), g_loss.detach().float()])
+    if not all_finite(losses):
+        d_value, g_value = losses.tolist()
+        raise NonFiniteLossError(f"discriminator loss is {d_value}, generator loss is {g_value}")
     _backward_step(g_loss, optimizers.generator, precision.generator_scaler)
 
     parts = {**d_parts, **g_parts}

@@ -86,7 +86,7 @@ def process_sample(
         lrs, params = {}, {}
         for scale in sorted(cfg.scales):
             lr, used = make_lr(hr, scale, cfg.degradation, derive_seed(cfg.seed, key, scale))
-            lrs[scale] = encode_image(lr, "png")
+            lrs[scale] = encode_image(lr, "png", png_level=cfg.png_compression)
             params[f"x{scale}"] = used
     except ImageRejected as err:  # what is wrong with this sample; anything else (a bug, a
         # configuration the degradation cannot run) stops the job instead of biasing the data
@@ -102,9 +102,8 @@ def process_sample(
         "degradation": params,
         "num_captions": len(captions),
     }
-    members = sample_members(
-        encode_image(hr, cfg.hr_format, cfg.hr_quality), cfg.hr_format, lrs, list(captions), meta
-    )
+    hr_bytes = encode_image(hr, cfg.hr_format, cfg.hr_quality, cfg.png_compression)
+    members = sample_members(hr_bytes, cfg.hr_format, lrs, list(captions), meta)
     width, height = crop["source_size"]
     record.update(
         status="ok",

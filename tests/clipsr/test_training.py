@@ -240,3 +240,23 @@ def test_discriminator_runs_in_fp32_in_both_steps_under_autocast(tiny_clip):
     assert g_dtypes == [torch.bfloat16]  # G ran under autocast
     assert len(seen) == 3  # D step: true and mismatched caption; G step: one call
     assert all(d == (torch.float32, torch.float32) for d in seen), seen
+
+
+def test_a_non_finite_loss_raises_before_the_generator_update(tiny_clip):
+    from clipsr.training import NonFiniteLossError
+
+    cfg = tiny_config(4, "loss.weights.gradient_penalty=.nan")
+    models = build_models(cfg, clip=tiny_clip)
+    opts = build_optimizers(models, cfg.optim)
+    before = {k: v.clone() for k, v in models.generator.state_dict().items()}
+    checks = []
+    with pytest.raises(NonFiniteLossError, match="discriminator loss is nan"):
+        train_step(
+            models,
+            opts,
+            *_batch(tiny_clip),
+            cfg.loss.weights,
+            all_finite=lambda t: checks.append(t.tolist()) or bool(torch.isfinite(t).all()),
+        )
+    assert len(checks) == 1 and len(checks[0]) == 2  # one check per step, of both losses
+    assert all(torch.equal(before[k], v) for k, v in models.generator.state_dict().items())
