@@ -44,6 +44,9 @@ class EvaluateConfig:
     lpips: bool = True  # false: no LPIPS even when weights are configured
     lpips_backbone_weights: str = ""
     lpips_linear_weights: str = ""
+    # Ray mode: local shards/model/weights are on a filesystem mounted at the same path on every
+    # node (checked); without it a multi-node cluster refuses local paths.
+    shared_filesystem: bool = False
 
     def validate(self) -> None:
         if not self.model:

@@ -104,6 +104,7 @@ def run_train(cfg) -> TrainResult:
         resolve_tracking_uri,
     )
     from jobs.train_backend import NodeBoundTorchConfig
+    from jobs.train_checks import check_cluster
     from jobs.train_loop import nonfinite_marker_uri, train_loop_per_worker
     from pipelines import storage
     from pipelines.preprocess import code_version
@@ -120,8 +121,17 @@ def run_train(cfg) -> TrainResult:
     run_dir = (
         Path(storage_path) / cfg.run.name if filesystem is None else Path("runs") / cfg.run.name
     )
+    tracking = cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    check_tracking_uri(tracking)  # a dead server fails before Ray starts
+    init_ray(
+        cfg.run.ray_address,
+        log_to_driver=True,
+        runtime_env=train_runtime_env(
+            {"OMP_NUM_THREADS": str(max(1, int(cfg.run.cpus_per_worker)))}
+        ),
+    )
+    check_cluster(ray, cfg, tracking or f"sqlite:///{run_dir / 'mlflow.db'}")  # before any work
     tracking_uri, artifact_location = resolve_tracking_uri(cfg.tracking.tracking_uri, run_dir)
-    check_tracking_uri(tracking_uri)
     config_hash = hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()
     tags = {
         "dataset_manifest_sha256": manifest_sha,
@@ -140,13 +150,6 @@ def run_train(cfg) -> TrainResult:
     )
     tracker.log_dict(manifest, "dataset/manifest.json")
     tracker.log_dict(to_dict(cfg), "config/resolved_config.json")
-    init_ray(
-        cfg.run.ray_address,
-        log_to_driver=True,
-        runtime_env=train_runtime_env(
-            {"OMP_NUM_THREADS": str(max(1, int(cfg.run.cpus_per_worker)))}
-        ),
-    )
     resources = {"CPU": cfg.run.cpus_per_worker}
     if cfg.run.use_gpu:
         resources["GPU"] = cfg.run.gpus_per_worker

@@ -51,6 +51,10 @@ class TrainRunConfig:
     # Ray Train restarts the workers from the last checkpoint this many times after a failure.
     max_failures: int = 2
     ray_address: str = ""
+    # Local paths (data.shards, run.storage_path, weights, a sqlite MLflow store) are on a
+    # filesystem mounted at the same path on every node: allowed on a multi-node cluster, after
+    # a check that every node sees them. Without it, a multi-node cluster refuses local paths.
+    shared_filesystem: bool = False
 
 
 @dataclass

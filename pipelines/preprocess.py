@@ -18,6 +18,7 @@ import hashlib
 import json
 import logging
 import math
+import os
 import subprocess
 import time
 from collections import Counter
@@ -29,6 +30,7 @@ from clipsr import __version__
 from clipsr.config_loader import ConfigError, to_dict
 from clipsr.shards import FORMAT_VERSION, MANIFEST, REJECTS, SIZES, sample_key, shard_name
 from pipelines import storage
+from pipelines.cluster_guard import check_cluster_paths
 from pipelines.preprocess_config import PreprocessConfig
 from pipelines.shard_writer import sample_to_dict, stats_uri, write_shard
 from pipelines.sources import build_source, validate
@@ -55,7 +57,14 @@ class PreprocessSummary:
 def config_hash(cfg: PreprocessConfig) -> str:
     """Hash of everything that changes shard contents (not where or how fast they are made)."""
     data = to_dict(cfg)
-    for key in ("output", "storage", "ray_address", "concurrency", "overwrite"):
+    for key in (
+        "output",
+        "storage",
+        "ray_address",
+        "concurrency",
+        "overwrite",
+        "shared_filesystem",
+    ):
         data.pop(key, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -169,9 +178,13 @@ def run_preprocess(cfg: PreprocessConfig, progress: bool = True) -> PreprocessSu
     """Run the job (see the module docstring); returns the summary of this run."""
     cfg.validate()
     cfg.storage = cfg.storage.resolved()  # the workers get the driver's endpoint and region
+    if not storage.is_remote(cfg.output):  # the workers run elsewhere: an absolute path
+        cfg.output = os.path.abspath(cfg.output)
     validate(cfg.source, cfg.storage)  # fail fast: paths and layout, before any work
     chash = config_hash(cfg)
     check_output(cfg, chash)
+    reads, writes = {"source.path": cfg.source.path}, {"output": cfg.output}
+    check_cluster_paths(_init_ray(cfg), "shared_filesystem", cfg.shared_filesystem, reads, writes)
     start = time.time()
     plans, duplicates = plan_shards(cfg)
     if not plans:

@@ -44,6 +44,9 @@ class PreprocessConfig:
     concurrency: int = 0
     # Start over: delete the commit markers of existing shards and rewrite everything.
     overwrite: bool = False
+    # A local source.path/output is on a filesystem mounted at the same path on every node:
+    # allowed on a multi-node Ray cluster after a check that every node sees it (else refused).
+    shared_filesystem: bool = False
 
     def validate(self) -> None:
         if not self.source.path:
