@@ -20,6 +20,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("overrides", nargs="*", help="overrides such as output=s3://b/p scales=[4,8]")
     p.add_argument("--overwrite", action="store_true", help="start over (ignore committed shards)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--plan-only", action="store_true", help="print the splits and shard counts, then stop"
+    )
     return p
 
 
@@ -34,10 +37,16 @@ def main(argv: list[str] | None = None) -> int:
         cfg = load_preprocess_config(args.config, args.overrides)
         if args.overwrite:
             cfg.overwrite = True
-        summary = run_preprocess(cfg, progress=not args.no_progress)
+        summary = run_preprocess(cfg, progress=not args.no_progress, plan_only=args.plan_only)
     except (ConfigError, ValueError, FileNotFoundError) as err:
         print(f"clipsr preprocess: {err}", file=sys.stderr)
         return 2
+    if args.plan_only:
+        print(f"plan: {summary.listed} listed, {summary.duplicates} duplicates; {summary.shards} "
+              f"shards, planned in {summary.planning_seconds:.1f}s")  # fmt: skip
+        for split, c in summary.splits.items():
+            print(f"  {split}: {c['samples']} samples in {c['shards']} shards")
+        return 0
     rejected = ", ".join(f"{k} {v}" for k, v in summary.rejected.items()) or "none"
     print(
         f"\npreprocess done: {summary.samples_in} samples in, {summary.written} written, "
