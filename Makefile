@@ -4,6 +4,8 @@
 #   make services-up             local S3 store (moto), MLflow server, Ray head on 127.0.0.1;
 #                                then: source .services/env.sh  (infra/local/README.md)
 #   make services-status         report them
+#   make services-add-node [ARGS=...] one more Ray node on 127.0.0.1 joining the head,
+#                                e.g. ARGS="--num-cpus 2 --hide /data" (infra/local/README.md)
 #   make services-down           stop them
 #   make demo [ARGS=...]         clipsr demo (scripts/demo.sh: local Ray, embedded MLflow, disk)
 #   make demo-services [ARGS=..] clipsr demo on the local services (starts them first)
@@ -13,7 +15,8 @@ ARGS ?=
 VERSION := $(shell sed -n 's/^version = "\(.*\)"/\1/p' pyproject.toml)
 SERVICES_ENV := $(or $(CLIPSR_SERVICES_DIR),.services)/env.sh
 
-.PHONY: help setup test services-up services-down services-status demo demo-services image
+.PHONY: help setup test services-up services-down services-status services-add-node demo \
+	demo-services image
 
 help:
 	@sed -n 's/^#   //p' Makefile
@@ -32,6 +35,9 @@ services-down:
 
 services-status:
 	bash infra/local/services.sh status
+
+services-add-node:
+	bash infra/local/services.sh add-node $(ARGS)
 
 demo:
 	bash scripts/demo.sh $(ARGS)

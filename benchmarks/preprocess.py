@@ -14,6 +14,10 @@ Targets (issue): Ray per-core throughput >= 80% of the loop's; peak memory grows
 the corpus.
 
     python benchmarks/preprocess.py --samples 200
+    python benchmarks/preprocess.py --planning 100000 1000000 4000000
+
+``--planning``: the driver's peak RSS, planning rate and time to the first shard task at
+those manifest sizes (``benchmarks/preprocess_planning.py``).
 """
 
 from __future__ import annotations
@@ -34,19 +38,22 @@ ROOT = Path(__file__).resolve().parents[1]
 
 LOOP = """
 import json, sys, time
-from pipelines.preprocess import plan_shards
+from pipelines.preprocess_plan import plan_preprocess, plan_uri, read_shard_plan, write_plan_files
 from pipelines.preprocess_config import load_preprocess_config
 from pipelines.shard_writer import write_shard
 cfg = load_preprocess_config(sys.argv[1], sys.argv[2:])
 start = time.time()
-plans, _ = plan_shards(cfg)
+plan = plan_preprocess(cfg)
+write_plan_files(plan, cfg, {s.name for s in plan.shards})
+plans = (read_shard_plan(plan_uri(cfg.output, s.name), s.name, s.split, cfg) for s in plan.shards)
 n = sum(write_shard(p, cfg)["samples_in"] for p in plans)
 print(json.dumps({"samples": n, "seconds": time.time() - start}))
 """
 
 RAY = """
-import json, sys, ray
-ray.init(num_cpus=int(sys.argv[3]), include_dashboard=False, log_to_driver=False,
+import json, sys
+from pipelines.ray_cluster import init_ray
+init_ray("", num_cpus=int(sys.argv[3]), include_dashboard=False, log_to_driver=False,
          runtime_env={"env_vars": {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}})
 from pipelines.preprocess import run_preprocess
 from pipelines.preprocess_config import load_preprocess_config
@@ -117,7 +124,14 @@ def main() -> None:
     parser.add_argument("--samples", type=int, default=1000, help="small corpus size S")
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--per-shard", type=int, default=50)
+    parser.add_argument("--planning", type=int, nargs="+", metavar="N", help="planning case")
     args = parser.parse_args()
+    if args.planning:
+        from preprocess_planning import report, run
+
+        with tempfile.TemporaryDirectory(prefix="clipsr-plan-bench-") as tmp:
+            report(run(sorted(args.planning), 1000, Path(tmp), timeout_s=3600))
+        return
     with tempfile.TemporaryDirectory(prefix="clipsr-bench-") as tmp:
         tmp = Path(tmp)
         small, large = tmp / "small", tmp / "large"

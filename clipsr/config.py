@@ -79,6 +79,9 @@ class GeneratorConfig:
     # LR is nearest-upsampled by this factor before the encoder (the reference runs 8x/16x
     # by upsampling LR to 64 px: 2 and 4); the head then upsamples by scale / lr_pre_upsample.
     lr_pre_upsample: int = 1
+    # Extension (not in the paper): a text-image fusion block after each of the head's first N
+    # pixel-shuffle stages, where the caption can shape the inside of an LR pixel (see README).
+    head_text_stages: int = 0
     # Add an interpolated LR to the head's output (the head learns a residual, zero at init).
     # Not in the reference (none); it makes small CPU models beat bicubic within minutes.
     lr_residual: Literal["none", "bilinear", "bicubic"] = "none"
@@ -208,6 +211,8 @@ class CLIPSRConfig:
         self.model.validate()
 
 
-def load_clipsr_config(path: str | Path | None, overrides: list[str] = ()) -> CLIPSRConfig:
+def load_clipsr_config(
+    path: str | Path | None, overrides: list[str] = (), validate: bool = True
+) -> CLIPSRConfig:
     """Load a model/training config preset (``configs/*.yaml``) with ``a.b=value`` overrides."""
-    return load_config(CLIPSRConfig, path, overrides)
+    return load_config(CLIPSRConfig, path, overrides, validate)

@@ -173,9 +173,24 @@ class ReconstructionHead(nn.Module):
     pre-upsample). Everything before the upsampler is shared; the default scale's upsampler and
     conv to RGB are ``upsample``/``to_rgb`` (the keys of a single-scale model, so every
     single-scale checkpoint loads), each other scale's are ``scale_heads["x{scale}"]``.
+
+    ``text_stages`` > 0 (an extension, not in the paper or the reference) adds a residual
+    text-image fusion block after each of the first ``text_stages`` pixel-shuffle stages:
+    channel-wise modulation where every sub-pixel position has its own features, so the caption
+    can shape what is drawn inside an LR pixel (at LR resolution it can only scale whole pixels).
+    The blocks are shared by every scale (stage k of any scale's upsampler is at 2^k x the LR).
     """
 
-    def __init__(self, body_ch: int, head_ch: int, upscales: dict[int, int], default: int):
+    def __init__(
+        self,
+        body_ch: int,
+        head_ch: int,
+        upscales: dict[int, int],
+        default: int,
+        text_dim: int = 0,
+        text_stages: int = 0,
+        text_softmax: bool = False,
+    ):
         super().__init__()
         self.default = default
         self.lr_skip = nn.Conv2d(3, body_ch, 3, 1, 1)
@@ -189,7 +204,23 @@ class ReconstructionHead(nn.Module):
         self.before_upsample = nn.Sequential(
             nn.Conv2d(body_ch, head_ch, 3, 1, 1), nn.LeakyReLU(0.01)
         )
+        smallest = min(upscales, key=upscales.get)
+        steps = int(math.log2(upscales[smallest]))
+        if not 0 <= text_stages <= steps:
+            at = f" at {smallest}x" if len(upscales) > 1 else ""
+            raise ValueError(
+                f"model.generator.head_text_stages: {text_stages} is not in 0..{steps} "
+                f"(the head has {steps} pixel-shuffle stages{at})"
+            )
         self.upsample = _upsampler(head_ch, upscales[default])
+        self.text_fusion = (
+            nn.ModuleList(
+                TextImageFusionBlock(head_ch, head_ch, text_dim, text_softmax)
+                for _ in range(text_stages)
+            )
+            if text_stages
+            else None
+        )
         self.to_rgb = nn.Conv2d(head_ch, 3, 3, 1, 1)
         self.scale_heads = nn.ModuleDict(
             {f"x{s}": ScaleHead(head_ch, up) for s, up in sorted(upscales.items()) if s != default}
@@ -199,13 +230,26 @@ class ReconstructionHead(nn.Module):
         return [self.to_rgb, *(h.to_rgb for h in self.scale_heads.values())]
 
     def forward(
-        self, body: torch.Tensor, lr: torch.Tensor, scale: int | None = None
+        self,
+        body: torch.Tensor,
+        lr: torch.Tensor,
+        text: torch.Tensor | None = None,
+        scale: int | None = None,
     ) -> torch.Tensor:
         x = self.before_upsample(self.body(body) + self.lr_skip(lr))
         if scale is None or scale == self.default:
-            return self.to_rgb(self.upsample(x))
-        head = self.scale_heads[f"x{scale}"]
-        return head.to_rgb(head.upsample(x))
+            upsample, to_rgb = self.upsample, self.to_rgb
+        else:
+            head = self.scale_heads[f"x{scale}"]
+            upsample, to_rgb = head.upsample, head.to_rgb
+        if self.text_fusion is None:
+            return to_rgb(upsample(x))
+        for i, layer in enumerate(upsample):
+            x = layer(x)
+            stage = i // 2
+            if i % 2 and stage < len(self.text_fusion):
+                x = x + self.text_fusion[stage](x, text)
+        return to_rgb(x)
 
 
 class CLIPSRGenerator(nn.Module):
@@ -231,7 +275,15 @@ class CLIPSRGenerator(nn.Module):
             self.clip_fusion.requires_grad_(False)  # not wait for gradients it never gets
         self.refinement = IterativeRefinement(cfg, text_dim)
         upscales = {s: s // g.lr_pre_upsample for s in self.scales}
-        self.head = ReconstructionHead(g.encoder_channels[0], g.head_channels, upscales, cfg.scale)
+        self.head = ReconstructionHead(
+            g.encoder_channels[0],
+            g.head_channels,
+            upscales,
+            cfg.scale,
+            text_dim,
+            g.head_text_stages,
+            g.text_softmax,
+        )
         self.lr_residual = g.lr_residual
         if self.lr_residual != "none":  # start from the interpolated LR exactly
             for conv in self.head.rgb_convs():
@@ -278,7 +330,7 @@ class CLIPSRGenerator(nn.Module):
         else:  # release: the reference's GBlock(R4, c); the CLIP branch has no effect
             start = r4
         body = self.refinement(start, [r4, r3, r2, r1], text)
-        out = self.head(body, x, scale)
+        out = self.head(body, x, text, scale)
         if self.lr_residual != "none":
             out = out + F.interpolate(
                 lr, size=out.shape[-2:], mode=self.lr_residual, align_corners=False

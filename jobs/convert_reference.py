@@ -17,7 +17,6 @@ and GradScaler states are not converted. Exit codes: 0 done, 2 bad input (one li
 
 from __future__ import annotations
 
-import argparse
 import hashlib
 import sys
 from dataclasses import dataclass
@@ -142,11 +141,15 @@ def format_summary(res: ConvertResult, pth: str) -> str:
     return "\n".join(lines)
 
 
-def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="clipsr convert-reference",
+PROG = "clipsr convert-reference"
+
+
+def build_parser():
+    from jobs import console
+
+    p = console.Parser(
+        prog=PROG,
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 1)[1],
     )
     p.add_argument("pth", metavar="PTH", help="the reference's state_epoch_*.pth")
@@ -160,18 +163,24 @@ def _parser() -> argparse.ArgumentParser:
         help="the scale the weights were trained for (the reference ships 4x; default 4)",
     )
     p.add_argument("--force", action="store_true", help="write into a non-empty OUT_DIR")
-    p.add_argument("--verbose", action="store_true", help="show the traceback of an error")
     return p
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = _parser().parse_args(argv)
+    from jobs import console
+
+    return console.command(PROG)(_main)(argv)
+
+
+def _main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     import warnings
 
     from clipsr.checkpoint import CheckpointError
     from clipsr.clip_backbone import ClipWeightsError, RandomClipWeightsWarning
     from clipsr.config_loader import ConfigError
     from clipsr.reference_weights import ReferenceFormatError
+    from jobs import console
 
     try:
         with warnings.catch_warnings():  # the summary says it, in its CLIP line
@@ -181,10 +190,9 @@ def main(argv: list[str] | None = None) -> int:
         ConfigError, ReferenceFormatError, ClipWeightsError, CheckpointError,
         FileNotFoundError, FileExistsError,
     ) as err:  # fmt: skip
-        if args.verbose:
+        if console.verbose():
             raise
-        print(f"clipsr convert-reference: {err}", file=sys.stderr)
-        return 2
+        return console.fail(PROG, err, 2)
     print(format_summary(result, args.pth))
     return 0
 

@@ -9,7 +9,6 @@ pyfunc model (safetensors + config, models-from-code) and registered as a new mo
 
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import json
@@ -19,11 +18,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")  # local Ray on 127.0.0.1 only
+from jobs import console
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
 log = logging.getLogger("clipsr.train")
+PROG = "clipsr train"
 
 
 @dataclass
@@ -31,8 +32,10 @@ class TrainResult:
     run_id: str | None
     checkpoint: str | None
     metrics: dict
-    model_uri: str | None
+    model_uri: str | None  # models:/NAME/VERSION when registered, else the logged model's URI
     model_version: str | None
+    tracking_uri: str = ""
+    experiment_id: str = ""
 
 
 class TrainingFailed(RuntimeError):
@@ -49,7 +52,7 @@ def absolute_local_paths(cfg) -> None:
     """Resolve the config's local paths against the driver's working directory, in place.
 
     Ray Train runs each worker in the run's own working directory, so a relative path
-    (``data.shards: runs/shards/bundled``) would name a different place there."""
+    (``data.shards: runs/shards/my-data``) would name a different place there."""
     cfg.data.shards = _absolute(cfg.data.shards)
     cfg.run.storage_path = _absolute(cfg.run.storage_path)  # rank 0 writes the NaN marker there
     cfg.run.init_from = _absolute(cfg.run.init_from)
@@ -62,28 +65,6 @@ def absolute_local_paths(cfg) -> None:
         cfg.loss.vgg16_weights = _absolute(cfg.loss.vgg16_weights)
     cfg.metrics.lpips_backbone_weights = _absolute(cfg.metrics.lpips_backbone_weights)
     cfg.metrics.lpips_linear_weights = _absolute(cfg.metrics.lpips_linear_weights)
-
-
-def _storage(cfg):
-    """(storage_path, pyarrow filesystem or None) for Ray Train's RunConfig."""
-    path = cfg.run.storage_path
-    if not path.startswith("s3://"):
-        return str(Path(path).expanduser().resolve()), None
-    import pyarrow.fs
-
-    endpoint = (
-        cfg.data.endpoint_url
-        or os.environ.get("AWS_ENDPOINT_URL_S3")
-        or os.environ.get("AWS_ENDPOINT_URL", "")
-    )
-    kwargs = {}
-    if endpoint:
-        scheme, _, host = endpoint.partition("://")
-        kwargs = {"endpoint_override": host or endpoint, "scheme": scheme if host else "https"}
-    region = os.environ.get("AWS_DEFAULT_REGION") or os.environ.get("AWS_REGION")
-    if region:
-        kwargs["region"] = region
-    return path[len("s3://") :], pyarrow.fs.S3FileSystem(**kwargs)
 
 
 def check_inputs(cfg) -> tuple[dict, list[str], list[str], str]:
@@ -121,36 +102,60 @@ def check_inputs(cfg) -> tuple[dict, list[str], list[str], str]:
 def run_train(cfg) -> TrainResult:
     import ray
     import ray.train
-    from ray.train.torch import TorchConfig, TorchTrainer
+    from ray.train.torch import TorchTrainer
 
     from clipsr.config_loader import flatten, to_dict
-    from jobs.ray_setup import train_runtime_env
+    from jobs.mlflow_record import describe_version, set_descriptions, shard_set_input
+    from jobs.ray_setup import train_logging_config, train_runtime_env
     from jobs.tracking import (
         RunTracker,
         check_tracking_uri,
         log_generator_model,
         resolve_tracking_uri,
     )
+    from jobs.train_backend import NodeBoundTorchConfig
+    from jobs.train_checks import check_cluster
     from jobs.train_loop import nonfinite_marker_uri, train_loop_per_worker
     from pipelines import storage
     from pipelines.preprocess import code_version
+    from pipelines.ray_cluster import init_ray
     from pipelines.storage import StorageOptions
 
     cfg.validate()
     absolute_local_paths(cfg)
+    # the workers get this endpoint, not their own node's environment
+    cfg.data.endpoint_url = storage.resolve_endpoint(cfg.data.endpoint_url)
     manifest, train_urls, val_urls, manifest_sha = check_inputs(cfg)
-    storage_path, filesystem = _storage(cfg)
-    run_dir = (
-        Path(storage_path) / cfg.run.name if filesystem is None else Path("runs") / cfg.run.name
+    opts = StorageOptions(endpoint_url=cfg.data.endpoint_url)
+    storage_path, filesystem = storage.ray_storage(cfg.run.storage_path, opts)
+    # one embedded store per storage root, shared by every run under it (evaluate, promote and
+    # upscale find ./runs/mlflow.db, the default root's, without flags)
+    root = Path(storage_path) if filesystem is None else Path("runs")
+    tracking = cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    check_tracking_uri(tracking)  # a dead server fails before Ray starts
+    if not cfg.model.clip.has_weights:  # once, here: the workers' copies are not shown
+        import warnings
+
+        from clipsr.clip_backbone import RandomClipWeightsWarning, random_clip_message
+
+        warnings.warn(random_clip_message(cfg.model.clip), RandomClipWeightsWarning, 2)
+    init_ray(
+        cfg.run.ray_address,
+        log_to_driver=True,
+        runtime_env=train_runtime_env(
+            {"OMP_NUM_THREADS": str(max(1, int(cfg.run.cpus_per_worker)))}
+        ),
     )
-    tracking_uri, artifact_location = resolve_tracking_uri(cfg.tracking.tracking_uri, run_dir)
-    check_tracking_uri(tracking_uri)
+    check_cluster(ray, cfg, tracking or f"sqlite:///{root / 'mlflow.db'}")  # before any work
+    tracking_uri, artifact_location = resolve_tracking_uri(cfg.tracking.tracking_uri, root)
     config_hash = hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()
+    clip_weights = configured_clip_weights(cfg.model.clip)
     tags = {
         "dataset_manifest_sha256": manifest_sha,
         "code_version": code_version(),
         "config_sha256": config_hash[:16],
         "scales": ",".join(map(str, cfg.model.all_scales)),  # the scales the model serves
+        "clipsr.clip_weights": clip_weights,
     }
     tracker = RunTracker(tracking_uri)
     run_id = tracker.start(
@@ -161,16 +166,19 @@ def run_train(cfg) -> TrainResult:
         tags=tags,
         system_metrics=cfg.tracking.system_metrics,
     )
+    tracker.client.log_inputs(
+        run_id,
+        datasets=[
+            shard_set_input(
+                cfg.data.shards, cfg.data.train_split, manifest, manifest_sha, "training"
+            ),
+            shard_set_input(
+                cfg.data.shards, cfg.data.val_split, manifest, manifest_sha, "validation"
+            ),
+        ],
+    )
     tracker.log_dict(manifest, "dataset/manifest.json")
     tracker.log_dict(to_dict(cfg), "config/resolved_config.json")
-    if not ray.is_initialized():
-        ray.init(
-            address=cfg.run.ray_address or None,
-            log_to_driver=True,
-            runtime_env=train_runtime_env(
-                {"OMP_NUM_THREADS": str(max(1, int(cfg.run.cpus_per_worker)))}
-            ),
-        )
     resources = {"CPU": cfg.run.cpus_per_worker}
     if cfg.run.use_gpu:
         resources["GPU"] = cfg.run.gpus_per_worker
@@ -189,27 +197,27 @@ def run_train(cfg) -> TrainResult:
             use_gpu=cfg.run.use_gpu,
             resources_per_worker=resources,
         ),
-        torch_config=TorchConfig(backend="nccl" if cfg.run.use_gpu else "gloo"),
+        torch_config=NodeBoundTorchConfig(backend="nccl" if cfg.run.use_gpu else "gloo"),
         run_config=ray.train.RunConfig(
             name=cfg.run.name,
             storage_path=storage_path,
             storage_filesystem=filesystem,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.num_to_keep),
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            logging_config=train_logging_config(),
         ),
     )
-    opts = StorageOptions(endpoint_url=cfg.data.endpoint_url)
     storage.delete(nonfinite_marker_uri(cfg), opts)
     try:
         result = trainer.fit()
     except Exception as err:
         tracker.end("FAILED")
-        raise TrainingFailed(f"training failed: {err}") from err
+        raise TrainingFailed(f"training failed: {failure_reason(err)}") from err
     metrics = dict(result.metrics or {})
     checkpoint = result.checkpoint
     where = "none"
-    if checkpoint is not None:  # pyarrow's S3 paths have no scheme: give users the URI
-        where = f"s3://{checkpoint.path}" if filesystem is not None else checkpoint.path
+    if checkpoint is not None:  # pyarrow's paths have no scheme: give users the URI
+        where = storage.to_uri(cfg.run.storage_path, checkpoint.path)
     if storage.exists(nonfinite_marker_uri(cfg), opts):
         info = json.loads(storage.read_bytes(nonfinite_marker_uri(cfg), opts))
         tracker.end("FAILED")
@@ -219,45 +227,104 @@ def run_train(cfg) -> TrainResult:
         )
     model_uri = version = None
     if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
+        chatter = ("Successfully registered model", "Created version")  # the summary says it
+        with checkpoint.as_directory() as directory, console.without_lines(*chatter):
             model_uri, version = log_generator_model(
                 directory, cfg.tracking.registered_model or None, tags
             )
+    if version is not None:
+        name = cfg.tracking.registered_model
+        model_uri = f"models:/{name}/{version}"
+        steps = int(metrics.get("step", cfg.run.steps))
+        text = describe_version(
+            cfg.model.scale, cfg.run.name, steps, cfg.data.shards, manifest_sha, clip_weights
+        )
+        set_descriptions(tracker.client, name, version, text)
+    experiment_id = tracker.client.get_run(run_id).info.experiment_id
     tracker.end("FINISHED")
-    return TrainResult(run_id, where, metrics, model_uri, version)
+    return TrainResult(run_id, where, metrics, model_uri, version, tracking_uri, experiment_id)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="clipsr train", description=__doc__.split("\n\n")[0])
+def configured_clip_weights(clip) -> str:
+    """The CLIP weights a training config makes its model run on, in words."""
+    from clipsr.clip_backbone import describe_clip_weights
+
+    if not clip.has_weights:
+        return describe_clip_weights(clip, "random")
+    return describe_clip_weights(clip, clip.checkpoint or clip.pretrained or clip.arch)
+
+
+def failure_reason(err: BaseException) -> str:
+    """One line for a failed ``fit()``: each failed worker's own error (its last line: what was
+    raised, not the traceback around it), else the error's own last line."""
+    failures = getattr(err, "worker_failures", None) or {}
+    reasons = []
+    for _, failure in sorted(failures.items()):
+        cause = failure
+        while getattr(cause, "cause", None) is not None:  # RayTaskError wraps the worker's
+            cause = cause.cause
+        text = str(cause)
+        lines = [line for line in text.splitlines() if line.strip()]
+        reason = lines[-1].strip() if lines else type(cause).__name__
+        if lines and "Traceback" not in text:  # a plain exception: its type says what it is
+            reason = f"{type(cause).__name__}: {reason}"
+        if reason not in reasons:
+            reasons.append(reason)
+    if not reasons:
+        lines = [line for line in str(err).splitlines() if line.strip()]
+        reasons = [lines[-1].strip() if lines else type(err).__name__]
+    return "; ".join(reasons)
+
+
+def format_result(result: TrainResult) -> str:
+    """Where the results are: the store, the run, the model URI the other commands take."""
+    from jobs.tracking import run_link
+
+    shown = {k: round(v, 4) for k, v in result.metrics.items() if isinstance(v, float)}
+    lines = [
+        f"train done: final metrics {shown}",
+        f"  checkpoint: {result.checkpoint}",
+        f"  tracking:   {result.tracking_uri}",
+        f"  run:        {run_link(result.tracking_uri, result.experiment_id, result.run_id)}",
+    ]
+    if result.model_version:
+        lines.append(f"  model:      {result.model_uri}")
+        lines.append(
+            f"  next:       clipsr evaluate --model {result.model_uri} --shards TEST_SHARDS"
+            + _uri_flag(result.tracking_uri)
+        )
+    elif result.model_uri:
+        lines.append(f"  model:      {result.model_uri} (not registered)")
+    return "\n".join(lines)
+
+
+def _uri_flag(tracking_uri: str) -> str:
+    from jobs.tracking import default_tracking_uri
+
+    return "" if default_tracking_uri() == tracking_uri else f" --tracking-uri {tracking_uri}"
+
+
+def build_parser() -> console.Parser:
+    parser = console.Parser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="YAML config (e.g. configs/train/tiny-x4.yaml)")
     parser.add_argument("overrides", nargs="*", help="overrides such as run.steps=200")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from clipsr.checkpoint import CheckpointError
-    from clipsr.config_loader import ConfigError
+    return parser
+
+
+@console.command(PROG)
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     from jobs.tracking import TrackingUnavailable
     from jobs.train_config import load_train_config
 
+    cfg = load_train_config(args.config, args.overrides)
     try:
-        cfg = load_train_config(args.config, args.overrides)
         result = run_train(cfg)
-    except (
-        ConfigError,
-        ValueError,
-        FileNotFoundError,
-        TrackingUnavailable,
-        CheckpointError,
-    ) as err:
-        print(f"clipsr train: {err}", file=sys.stderr)
-        return 2
+    except TrackingUnavailable as err:
+        return console.fail(PROG, err, 2)
     except TrainingFailed as err:
-        print(f"clipsr train: {err}", file=sys.stderr)
-        return 1
-    shown = {k: round(v, 4) for k, v in result.metrics.items() if isinstance(v, float)}
-    print(f"\ntrain done: run {result.run_id}; checkpoint {result.checkpoint}")
-    print(f"  final metrics: {shown}")
-    if result.model_uri:
-        print(f"  model: {result.model_uri} (registered version {result.model_version})")
+        return console.fail(PROG, err, 1)
+    print(format_result(result))
     return 0
 
 

@@ -23,7 +23,8 @@ class DataConfig:
     loader_workers: int = 2  # DataLoader processes per Ray Train worker
     shuffle_buffer: int = 256
     hflip: bool = True
-    # S3-compatible endpoint for s3:// shards (credentials only from the environment).
+    # S3-compatible endpoint for s3:// shards and run storage: "" = AWS_ENDPOINT_URL(_S3) of
+    # the driver, else AWS; resolved once on the driver (credentials only from the environment).
     endpoint_url: str = ""
 
 
@@ -40,6 +41,10 @@ class TrainRunConfig:
     gpus_per_worker: float = 1.0
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     ema_decay: float = 0.999
+    # EMA decay min(ema_decay, (1 + t) / (10 + t)) at step t (false: ema_decay from the start).
+    ema_warmup: bool = True
+    # Share of training captions replaced by "" (caption dropout); 0 = the reference (none).
+    caption_dropout: float = 0.0
     lr_schedule: Literal["constant", "cosine"] = "constant"
     warmup_steps: int = 0
     log_every: int = 10
@@ -54,6 +59,10 @@ class TrainRunConfig:
     # and data start afresh. Ignored once the run has checkpoints of its own (it resumes).
     init_from: str = ""
     ray_address: str = ""
+    # Local paths (data.shards, run.storage_path, weights, a sqlite MLflow store) are on a
+    # filesystem mounted at the same path on every node: allowed on a multi-node cluster, after
+    # a check that every node sees them. Without it, a multi-node cluster refuses local paths.
+    shared_filesystem: bool = False
 
 
 @dataclass
@@ -93,9 +102,13 @@ class TrainConfig(CLIPSRConfig):
             raise ConfigError("run.log_every/checkpoint_every/validate_every/num_to_keep: >= 1")
         if not 0 <= r.ema_decay < 1:
             raise ConfigError("run.ema_decay: in [0, 1)")
+        if not 0 <= r.caption_dropout < 1:
+            raise ConfigError("run.caption_dropout: a probability in [0, 1)")
         if r.precision != "fp32" and not r.use_gpu:
             raise ConfigError("run.precision: bf16/fp16 autocast needs run.use_gpu=true")
 
 
-def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
-    return load_config(TrainConfig, path, overrides)
+def load_train_config(
+    path: str | Path | None, overrides: list[str] = (), validate: bool = True
+) -> TrainConfig:
+    return load_config(TrainConfig, path, overrides, validate)

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from clipsr.adherence import KIND as ADHERENCE_KIND
+from clipsr.adherence import ShapeAttributes
 from clipsr.evaluation import Unit, evaluate_unit, read_captions
 from pipelines.storage import StorageOptions, open_read
 
@@ -36,6 +38,17 @@ class WorkerSpec:
     lpips_linear_weights: str = ""
     endpoint_url: str = ""
     scale: int = 0  # the scale to evaluate (0: the model's default)
+    # The shard set's attribute declaration (manifest "attributes", JSON) for prompt adherence.
+    attributes: str = ""
+
+
+def shape_attributes(declaration: str) -> ShapeAttributes | None:
+    """The parsed declaration (a manifest's ``attributes`` as JSON) when it is one that prompt
+    adherence understands, else None."""
+    data = json.loads(declaration) if declaration else None
+    if not isinstance(data, dict) or data.get("kind") != ADHERENCE_KIND:
+        return None
+    return ShapeAttributes.from_dict(data)
 
 
 def opener_for(endpoint_url: str):
@@ -69,6 +82,7 @@ class UnitEvaluator:
             lpips = LPIPS(spec.lpips_backbone_weights, spec.lpips_linear_weights)
             self.lpips = lpips.to(resolver.device)
         self.opener = opener_for(spec.endpoint_url)
+        self.attributes = shape_attributes(spec.attributes)
 
     def run(self, unit: Unit, mismatched: list[str]) -> list[dict[str, Any]]:
         s = self.spec
@@ -81,6 +95,7 @@ class UnitEvaluator:
             s.crop_border,
             s.grid_rows,
             self.lpips,
+            self.attributes,
         )
 
 
@@ -105,11 +120,9 @@ def _captions_row(row: dict[str, Any], endpoint_url: str) -> dict[str, Any]:
 
 
 def _ray(address: str):
-    import ray
+    from pipelines.ray_cluster import init_ray
 
-    if not ray.is_initialized():
-        ray.init(address=address or None, log_to_driver=False, ignore_reinit_error=True)
-    return ray
+    return init_ray(address, log_to_driver=False)
 
 
 def read_captions_ray(units: list[Unit], endpoint_url: str, ray_address: str = "") -> list[str]:

@@ -6,7 +6,6 @@ import os
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
-os.environ.setdefault("RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER", "0")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 
 import warnings
@@ -42,13 +41,13 @@ def _deterministic():
     yield
 
 
-def text_sensitive_checkpoint(clip, directory):
-    """A tiny 4x checkpoint whose identity-initialised affines (and zero-initialised output
+def text_sensitive_checkpoint(clip, directory, scale: int = 4, *overrides: str):
+    """A tiny checkpoint whose identity-initialised affines (and zero-initialised output
     conv) have been moved, so that the prompt changes the output; returns its directory."""
     from clipsr.inference import save_generator_checkpoint
     from clipsr.training import build_generator
 
-    cfg = tiny_config(4)
+    cfg = tiny_config(scale, *overrides)
     gen = build_generator(cfg, clip)
     with torch.no_grad():
         for name, p in gen.named_parameters():
@@ -61,9 +60,8 @@ def text_sensitive_checkpoint(clip, directory):
 def ray_session(s3_server):
     """One local Ray for the whole session (2 CPUs), started once the S3 server's credentials
     are in the environment, so that Ray's workers inherit them."""
-    import ray
+    from pipelines.ray_cluster import init_ray
 
-    if not ray.is_initialized():
-        ray.init(num_cpus=2, include_dashboard=False, log_to_driver=False)
+    ray = init_ray("", num_cpus=2, include_dashboard=False, log_to_driver=False)
     yield ray
     ray.shutdown()

@@ -58,6 +58,12 @@ class S3Server:
     def uri(self, key: str = "") -> str:
         return f"s3://{self.bucket}/{key.lstrip('/')}"
 
+    def client(self):
+        """A boto3 S3 client of this server (for fixtures; the product uses pipelines.storage)."""
+        import boto3
+
+        return boto3.client("s3", endpoint_url=self.endpoint_url, region_name="us-east-1")
+
 
 @dataclass(frozen=True)
 class MlflowServer:
@@ -127,7 +133,7 @@ def s3_server() -> Iterator[S3Server]:
         try:
             wait_until_up(endpoint + "/", proc)
             server = S3Server(endpoint_url=endpoint, bucket="clipsr-test")
-            storage._client(server.options).create_bucket(Bucket=server.bucket)
+            server.client().create_bucket(Bucket=server.bucket)
             yield server
         finally:
             _stop(proc)

@@ -1,6 +1,6 @@
 """Local services for clipsr on 127.0.0.1: an S3-compatible store, an MLflow server, a Ray head.
 
-    infra/local/services.sh up | down | status
+    infra/local/services.sh up | down | status | add-node [--num-cpus N] [--hide DIR]
 
 ``up`` starts what is not running yet, waits until each service answers, creates the bucket and
 prints the environment to use (also written to ``<state>/env.sh``: ``source .services/env.sh``).
@@ -11,18 +11,17 @@ exits non-zero unless all are up. Settings come from the environment (see ``Sett
   then with a new MLflow store too, so that runs never point at lost artifacts).
 - MLflow: ``mlflow server``, sqlite store in the state dir, artifacts proxied to
   ``s3://<bucket>/mlartifacts`` on the local store.
-- Ray: ``ray start --head --block`` with the same S3/MLflow environment, so that Ray workers
-  reach the services too. Drivers connect with ``RAY_ADDRESS`` (GCS address).
+- Ray: a head node on 127.0.0.1 (``ray_node.py head``, see there why not ``ray start``) with
+  the same S3/MLflow environment, so that Ray workers reach the services too. Drivers connect
+  with ``RAY_ADDRESS`` (GCS address). ``add-node`` joins more nodes to it (``nodes.py``).
 
 Nothing here imports the product: only the standard library, psutil and boto3 (the venv's).
 """
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
-import signal
 import socket
 import subprocess
 import sys
@@ -31,10 +30,19 @@ import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
 
-import psutil
+from nodes import add_node, node_status, stop_nodes
+from procs import (
+    HOST,
+    check_port,
+    free_port_after,
+    log,
+    port_free,
+    port_owner,
+    running_group,
+    stop_group,
+)
 
 ROOT = Path(__file__).resolve().parents[2]
-HOST = "127.0.0.1"
 # Fake credentials: the local moto store accepts any; never real keys.
 FAKE_AWS = {
     "AWS_ACCESS_KEY_ID": "clipsr-local",
@@ -65,10 +73,7 @@ class Settings:
     def from_env(cls) -> Settings:
         env, ports = os.environ, {}
         for name, var in PORT_VARS.items():
-            value = env.get(var, str(DEFAULT_PORTS[name]))
-            if not value.isdigit() or not 0 < int(value) < 65536:
-                raise SystemExit(f"services: {var}={value!r} is not a port number (1..65535)")
-            ports[name] = int(value)
+            ports[name] = check_port(var, env.get(var, str(DEFAULT_PORTS[name])))
         return cls(
             state=Path(env.get("CLIPSR_SERVICES_DIR") or ROOT / ".services").absolute(),
             ports=ports,
@@ -81,12 +86,9 @@ class Settings:
 
 TITLES = {"s3": "S3 store (moto_server)", "mlflow": "MLflow server", "ray": "Ray head"}
 # A process group is ours when one of its members' command lines names the service.
-MARKERS = {"s3": "moto_server", "mlflow": "mlflow", "ray": "ray"}
+MARKERS = {"s3": "moto_server", "mlflow": "mlflow", "ray": "ray_node.py"}
 ORDER = ["s3", "mlflow", "ray"]  # start order; stop in reverse
-
-
-def log(msg: str) -> None:
-    print(f"services: {msg}", file=sys.stderr, flush=True)
+NODE_SCRIPT = Path(__file__).resolve().with_name("ray_node.py")
 
 
 def bin_path(name: str) -> str:
@@ -105,8 +107,6 @@ def service_env(cfg: Settings, ports: dict[str, int]) -> dict[str, str]:
         "AWS_ENDPOINT_URL": s3,
         **FAKE_AWS,
         "RAY_ADDRESS": f"{HOST}:{ports['ray']}",
-        # as scripts/runtime-env.sh: without it a driver rewrites 127.0.0.1 to the host's IP
-        "RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER": "0",
         "RAY_AUTH_MODE": "disabled",
         "CLIPSR_S3_BUCKET": cfg.bucket,
     }
@@ -119,71 +119,15 @@ def pid_file(cfg: Settings, name: str) -> Path:
     return cfg.state / f"{name}.pid"
 
 
-def group_members(pgid: int) -> list[psutil.Process]:
-    members = []
-    for proc in psutil.process_iter(["pid"]):
-        try:
-            if os.getpgid(proc.pid) == pgid and proc.status() != psutil.STATUS_ZOMBIE:
-                members.append(proc)
-        except (ProcessLookupError, psutil.Error):
-            continue
-    return members
+def service_group(cfg: Settings, name: str) -> int | None:
+    """The process group of service ``name`` if it still runs that service, else None."""
+    return running_group(pid_file(cfg, name), MARKERS[name])
 
 
-def running_group(cfg: Settings, name: str) -> int | None:
-    """The process group recorded for ``name`` if it still runs that service, else None."""
-    try:
-        pgid = int(pid_file(cfg, name).read_text().strip())
-    except (FileNotFoundError, ValueError):
-        return None
-    for proc in group_members(pgid):
-        try:
-            if any(MARKERS[name] in part for part in proc.cmdline()):
-                return pgid
-        except psutil.Error:
-            continue
-    return None
-
-
-def stop_group(name: str, pgid: int, timeout_s: float) -> None:
-    # Ray: only the `ray start --block` leader gets SIGTERM and stops its processes in order
-    # (a SIGTERM to the whole group kills GCS first, and the leader then waits for it).
-    with contextlib.suppress(ProcessLookupError):
-        if name == "ray":
-            os.kill(pgid, signal.SIGTERM)
-        else:
-            os.killpg(pgid, signal.SIGTERM)
-    deadline = time.monotonic() + timeout_s
-    while group_members(pgid) and time.monotonic() < deadline:
-        time.sleep(0.2)
-    if group_members(pgid):
-        log(f"{name}: still running after {timeout_s:.0f}s, killing process group {pgid}")
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(pgid, signal.SIGKILL)
-        deadline = time.monotonic() + 10
-        while group_members(pgid) and time.monotonic() < deadline:
-            time.sleep(0.1)
-
-
-def port_free(port: int) -> bool:
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # as the servers do
-        try:
-            sock.bind((HOST, port))
-        except OSError:
-            return False
-    return True
-
-
-def port_owner(port: int) -> str:
-    try:
-        for conn in psutil.net_connections(kind="tcp"):
-            listening = conn.status == psutil.CONN_LISTEN and conn.laddr and conn.pid
-            if listening and conn.laddr.port == port:
-                return f" (by pid {conn.pid}, {psutil.Process(conn.pid).name()})"
-    except (psutil.Error, OSError):
-        pass
-    return ""
+def stop(name: str, pgid: int) -> None:
+    # Ray: only the node process gets SIGTERM and stops its processes in order (a SIGTERM to
+    # the whole group kills GCS first, and the node process then waits for it).
+    stop_group(name, pgid, timeout_s=40 if name == "ray" else 10, leader_only=name == "ray")
 
 
 def healthy(cfg: Settings, name: str, port: int) -> bool:
@@ -215,8 +159,7 @@ def command(cfg: Settings, name: str, port: int) -> list[str]:
             "--artifacts-destination", f"s3://{cfg.bucket}/mlartifacts",
         ]  # fmt: skip
     cmd = [
-        bin_path("ray"), "start", "--head", "--block", "--node-ip-address", HOST,
-        "--port", str(port), "--include-dashboard=false", "--disable-usage-stats",
+        sys.executable, str(NODE_SCRIPT), "head", "--port", str(port),
         "--temp-dir", ray_temp_dir(cfg, port),
     ]  # fmt: skip
     return cmd + (["--num-cpus", cfg.ray_num_cpus] if cfg.ray_num_cpus else [])
@@ -246,17 +189,19 @@ def create_bucket(cfg: Settings, endpoint: str) -> None:
         client.create_bucket(Bucket=cfg.bucket)
 
 
-def spawn(cfg: Settings, name: str, cmd: list[str], ports: dict[str, int]) -> subprocess.Popen:
+def spawn(cfg: Settings, name: str, cmd: list[str], ports: dict | None = None) -> subprocess.Popen:
+    """Start ``cmd`` in its own process group with the services' environment (``ports``:
+    those being started, default: the running stack's), logging to ``<state>/logs``."""
     logs = cfg.state / "logs"
     logs.mkdir(parents=True, exist_ok=True)
-    env = {**os.environ, **service_env(cfg, ports)}
+    env = {**os.environ, **service_env(cfg, ports or read_ports(cfg))}
     for key in ("AWS_PROFILE", "AWS_SESSION_TOKEN", "AWS_ENDPOINT_URL_S3", "RAY_ADDRESS"):
         env.pop(key, None)
     if name == "mlflow":
         env["MLFLOW_SERVER_ENABLE_JOB_EXECUTION"] = "false"  # else 9 processes, 2.4 GB
         env["TMPDIR"] = str(cfg.state / "tmp")
         (cfg.state / "tmp").mkdir(exist_ok=True)
-    if name == "ray":  # no Serve replicas to drain on a dev head: stop at once on SIGTERM
+    if name == "ray" or name.startswith("node-"):  # no Serve replicas to drain: stop at once
         env.setdefault("RAY_GRACEFUL_SHUTDOWN_DRAIN_TIMEOUT_S", "0")
     with (logs / f"{name}.log").open("wb") as out:
         proc = subprocess.Popen(
@@ -306,7 +251,7 @@ def write_env(cfg: Settings, ports: dict[str, int]) -> str:
 def up(cfg: Settings) -> int:
     cfg.state.mkdir(parents=True, exist_ok=True)
     (cfg.state / ".gitignore").write_text("*\n")  # the state dir never shows up in git
-    running = {name: pgid for name in ORDER if (pgid := running_group(cfg, name))}
+    running = {name: pgid for name in ORDER if (pgid := service_group(cfg, name))}
     recorded = read_ports(cfg)
     ports = {name: recorded.get(name, cfg.ports[name]) for name in running}
     ports |= {name: cfg.ports[name] for name in ORDER if name not in running}
@@ -314,7 +259,7 @@ def up(cfg: Settings) -> int:
     if taken:
         for name in taken:
             port = ports[name]
-            free = next((p for p in range(port + 1, port + 100) if port_free(p)), 0)
+            free = free_port_after(port)
             log(
                 f"port {port} on {HOST} for the {TITLES[name]} is already in use"
                 f"{port_owner(port)}; stop that process or choose another port, "
@@ -346,7 +291,7 @@ def up(cfg: Settings) -> int:
         log(f"{TITLES[name]} failed: {err}\n--- {log_path} (tail) ---\n{tail}")
         log("stopping the services this command started")
         for n, proc in reversed(procs.items()):
-            stop_group(n, proc.pid, timeout_s=40 if n == "ray" else 10)
+            stop(n, proc.pid)
             pid_file(cfg, n).unlink(missing_ok=True)
         return 1
     env_text = write_env(cfg, ports)
@@ -356,11 +301,11 @@ def up(cfg: Settings) -> int:
 
 
 def down(cfg: Settings) -> int:
-    stopped = 0
+    stopped = stop_nodes(cfg) if cfg.state.is_dir() else 0
     for name in reversed(ORDER):
-        pgid = running_group(cfg, name)
+        pgid = service_group(cfg, name)
         if pgid is not None:
-            stop_group(name, pgid, timeout_s=40 if name == "ray" else 10)
+            stop(name, pgid)
             log(f"{name}: stopped (process group {pgid})")
             stopped += 1
         pid_file(cfg, name).unlink(missing_ok=True)
@@ -373,7 +318,7 @@ def status(cfg: Settings) -> int:
     ports = read_ports(cfg)
     ok = True
     for name in ORDER:
-        pgid = running_group(cfg, name)
+        pgid = service_group(cfg, name)
         port = ports.get(name, cfg.ports[name])
         if pgid is None:
             state, ok = "stopped", False
@@ -382,16 +327,27 @@ def status(cfg: Settings) -> int:
         else:
             state, ok = f"NOT ANSWERING (process group {pgid})", False
         print(f"{name:<7} {state:<34} {HOST}:{port}  {TITLES[name]}")
+    for _name, alive, line in node_status(cfg):
+        print(line)
+        ok = ok and alive
     if ok:
         print(f"env: source {cfg.state / 'env.sh'}")
     return 0 if ok else 1
 
 
+def add(cfg: Settings, argv: list[str]) -> int:
+    port = read_ports(cfg).get("ray", cfg.ports["ray"])
+    return add_node(cfg, argv, port, ray_temp_dir(cfg, port), spawn)
+
+
 def main(argv: list[str]) -> int:
-    if len(argv) != 1 or argv[0] not in ("up", "down", "status"):
+    commands = ("up", "down", "status", "add-node")
+    if not argv or argv[0] not in commands or (argv[0] != "add-node" and len(argv) != 1):
         print(__doc__.split("\n\n")[1].strip(), file=sys.stderr)
         return 2
     cfg = Settings.from_env()
+    if argv[0] == "add-node":
+        return add(cfg, argv[1:])
     return {"up": up, "down": down, "status": status}[argv[0]](cfg)
 
 

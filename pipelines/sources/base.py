@@ -96,7 +96,7 @@ def load_captions(
 
 def relative(uri: str, root: str) -> str:
     """``uri`` relative to the directory ``root``, with ``/`` separators."""
-    if storage.is_s3(uri):
+    if storage.is_remote(uri):
         return uri[len(root.rstrip("/")) + 1 :]
     return os.path.relpath(uri, root).replace(os.sep, "/")
 

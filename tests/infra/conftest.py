@@ -16,9 +16,13 @@ ROOT = Path(__file__).resolve().parents[2]
 SCRIPT = ROOT / "infra" / "local" / "services.sh"
 
 
-def services(command: str, env: dict[str, str], timeout: float = 180):
+def services(command: str, env: dict[str, str], timeout: float = 180, args: tuple = ()):
     return subprocess.run(
-        ["bash", str(SCRIPT), command], env=env, capture_output=True, text=True, timeout=timeout
+        ["bash", str(SCRIPT), command, *args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
     )
 
 

@@ -4,6 +4,7 @@ every process it started, twice in a row."""
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import subprocess
@@ -32,7 +33,8 @@ def group_alive(pgid: int) -> bool:
 RAY_DRIVER = textwrap.dedent(
     """
     import os, ray
-    ray.init(address=os.environ["RAY_ADDRESS"], log_to_driver=False)
+    from pipelines.ray_cluster import init_ray
+    init_ray(os.environ["RAY_ADDRESS"], log_to_driver=False)
 
     @ray.remote
     def probe(bucket):
@@ -43,6 +45,29 @@ RAY_DRIVER = textwrap.dedent(
     print("RESULT", *ray.get(probe.remote(os.environ["CLIPSR_S3_BUCKET"])))
     """
 )
+
+
+NODE_PROBE = textwrap.dedent(
+    """
+    import json, os, sys, ray
+    from pipelines.ray_cluster import alive_nodes, init_ray
+    init_ray(os.environ["RAY_ADDRESS"], log_to_driver=False)
+
+    @ray.remote(num_cpus=0, resources={"added": 1})
+    def on_the_added_node(path):
+        return ray.util.get_node_ip_address(), sorted(os.listdir(path))
+
+    nodes = [n["NodeManagerAddress"] for n in alive_nodes(ray)]
+    print("RESULT", json.dumps([nodes, *ray.get(on_the_added_node.remote(sys.argv[1]))]))
+    """
+)
+
+
+def can_unshare() -> bool:
+    try:
+        return subprocess.run(["unshare", "--mount", "true"], capture_output=True).returncode == 0
+    except OSError:
+        return False
 
 
 def test_up_answers_then_down_stops_everything(tmp_path, ray_temp):
@@ -94,9 +119,40 @@ def test_up_answers_then_down_stops_everything(tmp_path, ray_temp):
         result = driver.stdout.split("RESULT", 1)[1].split()
         assert result == ["hello", "from", "the", "test", svc["MLFLOW_TRACKING_URI"], "127.0.0.1"]
 
+        # add-node: a second Ray node on 127.0.0.1 with its own resources, and (where a private
+        # mount namespace is allowed) a directory of this machine hidden from it
+        hidden = tmp_path / "private"
+        hidden.mkdir()
+        (hidden / "only-on-the-head.txt").write_text("x")
+        hide = ["--hide", str(hidden)] if can_unshare() else []
+        added = services("add-node", env, args=("--resources", '{"added": 1}', *hide))
+        assert added.returncode == 0, added.stderr
+        assert added.stdout.strip() == "node-1"
+        pgids["node-1"] = int((tmp_path / "state" / "node-1.pid").read_text())
+        probe = subprocess.run(
+            [sys.executable, "-c", NODE_PROBE, str(hidden)],
+            env={**env, **svc},
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        assert probe.returncode == 0, probe.stderr[-3000:]
+        nodes, ip, listing = json.loads(probe.stdout.split("RESULT", 1)[1])
+        assert nodes == ["127.0.0.1", "127.0.0.1"] and ip == "127.0.0.1"
+        assert listing == ([] if hide else ["only-on-the-head.txt"])
+        outside = [
+            (c.pid, c.laddr.ip, c.laddr.port)
+            for c in psutil.net_connections(kind="tcp")
+            if c.status == psutil.CONN_LISTEN
+            and c.pid
+            and os.getpgid(c.pid) in pgids.values()
+            and not c.laddr.ip.endswith("127.0.0.1")
+        ]
+        assert not outside, f"services listening beyond 127.0.0.1: {outside}"
+
         status = services("status", env)
         assert status.returncode == 0, status.stdout + status.stderr
-        assert status.stdout.count(" up (process group") == 3
+        assert status.stdout.count(" up (process group") == 4
 
         again = services("up", env)  # idempotent: nothing new starts, the same environment
         assert again.returncode == 0, again.stderr
@@ -105,6 +161,7 @@ def test_up_answers_then_down_stops_everything(tmp_path, ray_temp):
         down = services("down", env)
     assert down.returncode == 0, down.stderr
     assert not [n for n, pgid in pgids.items() if group_alive(pgid)]
+    assert not (tmp_path / "state" / "node-1.pid").exists()
     for name in ("s3", "mlflow", "ray"):
         port = int(env[f"CLIPSR_{name.upper()}_PORT"])
         with socket.socket() as sock:
@@ -139,3 +196,17 @@ def test_a_service_that_fails_to_start_stops_the_others(tmp_path, ray_temp):
         with socket.socket() as sock:
             port = int(env[f"CLIPSR_{name.upper()}_PORT"])
             assert sock.connect_ex(("127.0.0.1", port)) != 0, f"{name} still listens"
+
+
+def test_ports_inside_rays_worker_port_range_are_refused(tmp_path, ray_temp):
+    env = services_env(tmp_path / "state", ray_temp, mlflow=15000)
+    up = services("up", env, timeout=60)
+    assert up.returncode != 0
+    assert "CLIPSR_MLFLOW_PORT=15000 lies in Ray's worker-port range 10002-19999" in up.stderr
+    assert not (tmp_path / "state").exists()  # refused before anything started
+
+
+def test_add_node_needs_a_running_head(tmp_path, ray_temp):
+    env = services_env(tmp_path / "state", ray_temp)
+    res = services("add-node", env, timeout=60)
+    assert res.returncode == 1 and "the Ray head is not running" in res.stderr

@@ -95,16 +95,29 @@ def test_two_workers_against_mlflow_server_and_s3(shards, mlflow_server, s3_pref
     result = run_train(cfg)
     assert result.metrics["step"] == 4 and result.model_version == "1"
     client = mlflow.MlflowClient(mlflow_server.uri)
-    history = client.get_metric_history(result.run_id, "loss.g_loss")
+    history = client.get_metric_history(result.run_id, "loss/g_loss")
     assert [m.step for m in history] == [1, 2, 3, 4]
-    assert len(client.get_metric_history(result.run_id, "val_psnr")) == 2
-    assert client.get_metric_history(result.run_id, "val_psnr_bicubic")
+    assert len(client.get_metric_history(result.run_id, "val/psnr")) == 2
+    assert client.get_metric_history(result.run_id, "val/psnr_bicubic")
     run = client.get_run(result.run_id)
     assert run.data.params["model.scale"] == "4" and run.info.status == "FINISHED"
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "samples")}
     assert artifacts == {"samples/step_0000002.png", "samples/step_0000004.png"}
     version = client.get_model_version("clipsr-served", "1")
     assert version.tags["scales"] == "4" and len(version.tags["dataset_manifest_sha256"]) == 64
+    # the complete record: datasets, descriptions, CLIP weights, the URI the other commands take
+    assert result.model_uri == "models:/clipsr-served/1"
+    assert version.tags["clipsr.clip_weights"].startswith("random")
+    assert "4 steps" in version.description and "CLIP weights: random" in version.description
+    assert client.get_registered_model("clipsr-served").description
+    contexts = {
+        d.dataset.name: {t.key: t.value for t in d.tags}["mlflow.data.context"]
+        for d in run.inputs.dataset_inputs
+    }
+    assert sorted(contexts.values()) == ["training", "validation"]
+    assert {d.dataset.digest for d in run.inputs.dataset_inputs} == {
+        version.tags["dataset_manifest_sha256"][:36]
+    }
     opts = storage.StorageOptions(endpoint_url=s3_server.endpoint_url)
     ckpts = storage.list_files(f"{s3_prefix}/runs/served", opts, suffixes=("checkpoint.json",))
     assert len(ckpts) == 2  # checkpoints at steps 2 and 4 (num_to_keep 2) on S3
@@ -195,6 +208,14 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(shards, tmp_path)
         if "RayTrainWorker" in " ".join(p.cmdline())
     ]
     assert victims, "no Ray Train worker process found"
+    # the process group's rendezvous store and gloo listen on the node address (127.0.0.1)
+    pids = {p.pid for p in victims}
+    listening = [
+        c.laddr.ip
+        for c in psutil.net_connections(kind="tcp")
+        if c.status == psutil.CONN_LISTEN and c.pid in pids
+    ]
+    assert listening and all(ip.endswith("127.0.0.1") for ip in listening), listening
     victims[-1].kill()
     out, _ = proc.communicate(timeout=600)
     assert proc.returncode == 0, out[-3000:]
@@ -206,7 +227,7 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(shards, tmp_path)
     client = mlflow.MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
     experiments = [e.experiment_id for e in client.search_experiments()]
     (run,) = client.search_runs(experiments)  # the store also holds MLflow's empty Default
-    assert "loss.g_loss" in run.data.metrics, sorted(run.data.metrics)
+    assert "loss/g_loss" in run.data.metrics, sorted(run.data.metrics)
 
 
 def test_non_finite_loss_stops_with_the_step_named(shards, tmp_path, ray_session):

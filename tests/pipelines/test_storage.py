@@ -1,19 +1,27 @@
-"""pipelines.storage on local paths and on a real S3-compatible server (moto on loopback)."""
+"""pipelines.storage on local paths and on a real S3-compatible server (moto on loopback);
+gs:// and abfs:// routing, and their refusal without credentials (no such stores here)."""
 
 from __future__ import annotations
 
 import os
+import stat
+import time
 from pathlib import Path
 
 import pytest
 
 from pipelines import storage
-from pipelines.storage import StorageOptions
+from pipelines.storage import StorageCredentialsError, StorageOptions
 from tests.pipelines.conftest import S3Server
 
 
 def test_is_s3_join_and_parent() -> None:
     assert storage.is_s3("s3://b/k") and not storage.is_s3("/tmp/x")
+    assert storage.is_remote("gs://b/k") and not storage.is_remote("file:///tmp/x")
+    assert storage.join("gs://b/root", "a") == "gs://b/root/a"
+    assert storage.parent("abfs://c@acct.dfs.core.windows.net/x/y") == (
+        "abfs://c@acct.dfs.core.windows.net/x"
+    )
     assert storage.join("s3://b/root/", "a", "b.txt") == "s3://b/root/a/b.txt"
     assert storage.join("s3://b", "x") == "s3://b/x"
     assert storage.join("/data", "a", "b.txt") == os.path.join("/data", "a", "b.txt")
@@ -99,12 +107,15 @@ def test_s3_roundtrip_range_list_exists_delete(s3_server: S3Server, s3_prefix: s
 
 def test_s3_list_paginates(s3_server: S3Server, s3_prefix: str) -> None:
     opts = s3_server.options
-    client = storage._client(opts)
-    bucket, key = storage.split_s3(s3_prefix)
+    key = s3_prefix.removeprefix(f"s3://{s3_server.bucket}/")
+    client = s3_server.client()
     for i in range(1005):  # more than one 1000-key page
-        client.put_object(Bucket=bucket, Key=f"{key}/{i:05d}.txt", Body=b"")
+        client.put_object(Bucket=s3_server.bucket, Key=f"{key}/{i:05d}.txt", Body=b"")
     listed = storage.list_files(s3_prefix, opts)
     assert len(listed) == 1005 and listed[0].endswith("00000.txt") and listed == sorted(listed)
+    storage.delete_tree(s3_prefix, opts)
+    assert storage.list_files(s3_prefix, opts) == []
+    storage.delete_tree(s3_prefix, opts)  # already gone: fine
 
 
 def test_s3_errors_name_the_key_or_bucket(s3_server: S3Server, s3_prefix: str) -> None:
@@ -130,6 +141,106 @@ def test_s3_endpoint_from_environment(
     uri = storage.join(s3_prefix, "env.txt")
     storage.write_bytes(uri, b"via env")
     assert storage.read_bytes(uri, StorageOptions()) == b"via env"
+
+
+def test_files_get_the_umask_mode_and_uploads_stream(tmp_path: Path) -> None:
+    source = tmp_path / "src.bin"
+    source.write_bytes(os.urandom(3 << 20))
+    old = os.umask(0o022)
+    try:
+        storage.write_bytes(str(tmp_path / "a" / "w.bin"), b"x")
+        storage.upload_file(str(source), str(tmp_path / "a" / "u.bin"))
+        os.umask(0o002)
+        storage.write_bytes(str(tmp_path / "a" / "g.bin"), b"x")
+    finally:
+        os.umask(old)
+    modes = {p.name: stat.S_IMODE(p.stat().st_mode) for p in (tmp_path / "a").iterdir()}
+    assert modes == {"w.bin": 0o644, "u.bin": 0o644, "g.bin": 0o664}
+    assert (tmp_path / "a" / "u.bin").read_bytes() == source.read_bytes()
+
+
+def test_s3_upload_and_ray_storage(s3_server: S3Server, s3_prefix: str, tmp_path: Path) -> None:
+    import pyarrow.fs
+
+    source = tmp_path / "big.bin"
+    source.write_bytes(os.urandom(9 << 20))  # more than one multipart part
+    uri = storage.join(s3_prefix, "up", "big.bin")
+    storage.upload_file(str(source), uri, s3_server.options)
+    assert storage.read_bytes(uri, s3_server.options) == source.read_bytes()
+    path, fs = storage.ray_storage(storage.join(s3_prefix, "runs"), s3_server.options)
+    assert isinstance(fs, pyarrow.fs.S3FileSystem)
+    assert path == storage.join(s3_prefix, "runs").removeprefix("s3://")
+    assert fs.get_file_info(f"{path.rsplit('/', 1)[0]}/up/big.bin").size == 9 << 20
+    assert storage.to_uri(s3_prefix, f"{path}/x/ckpt") == f"{s3_prefix}/runs/x/ckpt"
+    local_path, local_fs = storage.ray_storage("runs")
+    assert local_fs is None and local_path == os.path.abspath("runs")
+
+
+def test_endpoint_is_resolved_once_from_the_environment(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "eu-west-3")
+    monkeypatch.delenv("AWS_ENDPOINT_URL_S3", raising=False)
+    resolved = StorageOptions().resolved()
+    assert (resolved.endpoint_url, resolved.region) == ("http://127.0.0.1:9", "eu-west-3")
+    assert StorageOptions("http://x:1", "r").resolved() == StorageOptions("http://x:1", "r")
+    monkeypatch.delenv("AWS_ENDPOINT_URL")
+    assert storage.resolve_endpoint("") == "aws"  # shipped as is: workers use AWS, not their env
+    monkeypatch.setenv("AWS_ENDPOINT_URL", "http://127.0.0.1:9")
+    fs, _ = storage.filesystem("s3://bucket/k", StorageOptions("aws", "eu-west-3"))
+    settings = fs.__reduce__()[1][0]
+    assert settings["endpoint_override"] == "" and settings["region"] == "eu-west-3"
+
+
+@pytest.fixture
+def no_cloud_credentials(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A user with no Google or Azure credentials, on no cloud VM."""
+    from pipelines import filesystems
+
+    monkeypatch.setenv("HOME", str(tmp_path / "home"))
+    for name in list(os.environ):
+        if name.startswith(("GOOGLE_", "GCE_", "CLOUDSDK_", "AZURE_")):
+            monkeypatch.delenv(name)
+    monkeypatch.setattr(filesystems, "GCE_PRODUCT", tmp_path / "no-dmi")
+    monkeypatch.setattr(filesystems, "AZURE_VENDOR", tmp_path / "no-dmi")
+
+
+def test_gcs_and_azure_without_credentials_fail_before_any_request(no_cloud_credentials):
+    start = time.monotonic()
+    with pytest.raises(StorageCredentialsError, match="gs://b/x: no Google Cloud credentials"):
+        storage.read_bytes("gs://b/x")
+    with pytest.raises(StorageCredentialsError, match="GOOGLE_APPLICATION_CREDENTIALS"):
+        storage.list_files("gcs://b/prefix")
+    with pytest.raises(StorageCredentialsError, match="no Azure credentials"):
+        storage.exists("abfs://c@acct.dfs.core.windows.net/x")
+    with pytest.raises(StorageCredentialsError, match="AZURE_STORAGE_ACCOUNT_NAME"):
+        storage.exists("abfs://c/x")  # no account in the URI or the environment
+    with pytest.raises(ValueError, match="unsupported storage scheme ftp://"):
+        storage.read_bytes("ftp://host/x")
+    assert time.monotonic() - start < 5  # no network retries
+
+
+def test_gcs_and_azure_uris_route_to_their_filesystems(
+    no_cloud_credentials, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import pyarrow.fs
+
+    key = tmp_path / "sa.json"
+    key.write_text('{"type": "service_account"}')
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(key))
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_KEY", "c2VjcmV0")
+    monkeypatch.setenv("AZURE_STORAGE_ACCOUNT_NAME", "envacct")
+    fs, path = storage.filesystem("gs://bkt/a/b.tar")
+    assert isinstance(fs, pyarrow.fs.GcsFileSystem) and path == "bkt/a/b.tar"
+    fs, path = storage.filesystem("abfss://cont@acct.dfs.core.windows.net/a/b")
+    assert isinstance(fs, pyarrow.fs.AzureFileSystem) and path == "cont/a/b"
+    fs2, path = storage.filesystem("abfs://cont/a")  # the account from the environment
+    assert isinstance(fs2, pyarrow.fs.AzureFileSystem) and fs2 is not fs and path == "cont/a"
+    assert storage.to_uri("abfs://cont@acct.dfs.core.windows.net/a", "cont/a/x") == (
+        "abfs://cont@acct.dfs.core.windows.net/a/x"
+    )
+    monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "gone.json"))
+    with pytest.raises(StorageCredentialsError, match="gone.json is not a file"):
+        storage.filesystem("gs://bkt/a")
 
 
 def test_import_is_cheap() -> None:
