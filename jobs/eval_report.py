@@ -227,6 +227,13 @@ def _provenance(model: dict[str, Any], run: dict[str, str] | None) -> list[str]:
     return out
 
 
+def _crop_border(value: int | dict[str, int]) -> str:
+    """One border, or a multi-scale evaluation's border per scale (``{"x4": 4, ...}``)."""
+    if isinstance(value, dict):
+        return ", ".join(f"{v} at {k.removeprefix('x')}x" for k, v in value.items())
+    return str(value)
+
+
 def write_report(
     out_dir: str | Path,
     doc: dict[str, Any],
@@ -250,7 +257,7 @@ def write_report(
         f"<h1>clipsr evaluation: {_e(name)}</h1>",
         f"<p>model <code>{_e(model['uri'])}</code>; {_e(doc['split'])} split of the shard set "
         f"<code>{_e(doc['manifest_sha256'][:16])}</code>; {doc['samples']} samples; "
-        f"crop border {doc['settings']['crop_border']}.</p>",
+        f"crop border {_crop_border(doc['settings']['crop_border'])}.</p>",
         *_provenance(model, run),
     ]
     for scale_key, metrics in doc["metrics"].items():

@@ -59,12 +59,27 @@ def dataset_key(dataset_input: Any) -> dict[str, str]:
     }
 
 
-def describe_version(scale: int, run_name: str, steps: int, shards: str, sha: str, clip: str):
-    """The description of a model version registered by ``clipsr train``."""
+def describe_version(
+    scale: int,
+    run_name: str,
+    steps: int,
+    shards: str,
+    sha: str,
+    clip: str,
+    scales: list[int] | None = None,
+):
+    """The description of a model version registered by ``clipsr train`` (``scales``: every
+    scale a multi-scale model serves, ``scale`` its default)."""
+    served = "/".join(f"{s}x" for s in scales or [scale])
+    output = (
+        f"the {scale}x SR image"
+        if served == f"{scale}x"
+        else f"the SR image at the scale asked for (default {scale}x)"
+    )
     return (
-        f"{scale}x CLIP-SR generator (EMA weights) from the clipsr train run '{run_name}' "
+        f"{served} CLIP-SR generator (EMA weights) from the clipsr train run '{run_name}' "
         f"({steps} steps) on the shard set {shards} (manifest sha256 {sha[:12]}). CLIP weights: "
-        f"{clip}. Input: an LR image and a caption; output: the {scale}x SR image. Evaluate it "
+        f"{clip}. Input: an LR image and a caption; output: {output}. Evaluate it "
         "with clipsr evaluate, make it the champion with clipsr promote."
     )
 

@@ -237,8 +237,9 @@ def run_train(cfg) -> TrainResult:
         model_uri = f"models:/{name}/{version}"
         steps = int(metrics.get("step", cfg.run.steps))
         text = describe_version(
-            cfg.model.scale, cfg.run.name, steps, cfg.data.shards, manifest_sha, clip_weights
-        )
+            cfg.model.scale, cfg.run.name, steps, cfg.data.shards, manifest_sha, clip_weights,
+            cfg.model.all_scales,
+        )  # fmt: skip
         set_descriptions(tracker.client, name, version, text)
     experiment_id = tracker.client.get_run(run_id).info.experiment_id
     tracker.end("FINISHED")

@@ -201,7 +201,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 )
             window_start, window_wait, window_steps = time.perf_counter(), 0.0, 0
         if rank == 0 and (step % cfg.run.validate_every == 0 or step == cfg.run.steps):
-            for scale in cfg.scales:  # val_* at the default scale, val_*_x{s} at every scale
+            for scale in cfg.scales:  # val/* at the default scale, val/*_x{s} at every scale
                 val = iter_eval_batches(
                     config["val_urls"],
                     scale,

@@ -95,10 +95,12 @@ def test_train_register_evaluate_promote_one_model_for_every_scale(
     )
     result = run_train(cfg)
     for scale in (4, 8, 16):
-        assert f"val_psnr_x{scale}" in result.metrics
-    assert result.metrics["val_psnr"] == result.metrics["val_psnr_x4"]  # the default scale
+        assert f"val/psnr_x{scale}" in result.metrics
+    assert result.metrics["val/psnr"] == result.metrics["val/psnr_x4"]  # the default scale
     client = mlflow.MlflowClient(uri)
-    assert client.get_model_version(name, result.model_version).tags["scales"] == "4,8,16"
+    registered = client.get_model_version(name, result.model_version)
+    assert registered.tags["scales"] == "4,8,16"
+    assert registered.description.startswith("4x/8x/16x CLIP-SR generator")
     assert read_manifest(result.checkpoint)["scales"] == [4, 8, 16]
     mlflow.set_tracking_uri(None)
 
@@ -108,6 +110,7 @@ def test_train_register_evaluate_promote_one_model_for_every_scale(
     doc = json.loads((out / "evaluation.json").read_text())
     assert sorted(doc["metrics"]) == ["x16", "x4", "x8"]
     assert doc["settings"]["crop_border"] == {"x4": 4, "x8": 8, "x16": 16}
+    assert "crop border 4 at 4x, 8 at 8x, 16 at 16x." in (out / "report.html").read_text()
     printed = capsys.readouterr().out
     assert all(f"{s}x, 4 samples" in printed for s in (4, 8, 16))
 
