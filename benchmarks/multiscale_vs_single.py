@@ -4,7 +4,8 @@ On the bundled sets (128 px tiles of the scikit-image photographs and the genera
 mixed; their held-out parts evaluated separately): ``tiny-x4``, ``tiny-x8`` and ``tiny-x16``
 trained ``--steps`` steps each, and ``tiny-multiscale`` (tiny-x4's body with a head per scale)
 trained 3 x ``--steps`` steps with a scale drawn per batch, so both sides take the same number
-of training steps in total. In-process (no Ray), the same batches, interleaved (see
+of training steps in total. In-process (no Ray), interleaved (the multi-scale model trains 3
+steps for each single-scale model's one, so both sides share the machine's load alike; see
 ``benchmarks/sr_runs.py``), generator lr ``--lr`` for all. Prints per set and scale the EMA
 generator's PSNR (true caption) for the single-scale model and the multi-scale one, bicubic's,
 and the total training time of each side.
@@ -84,11 +85,12 @@ def main() -> None:
                 f"{name:<7} {scale:>4}x {one['psnr']:>7.2f} {both['psnr']:>7.2f} "
                 f"{one['psnr_bicubic']:>8.2f} {len(items):>8}"
             )
-    single_s = sum(r.seconds for r in runs)
+    single_s, single_steps = sum(r.seconds for r in runs), sum(r.steps for r in runs)
     print(
-        f"\ntraining time: 3 single-scale models {single_s:.0f} s "
-        f"({sum(r.steps for r in runs)} steps), one multi-scale model {multi.seconds:.0f} s "
-        f"({multi.steps} steps); parameters: single "
+        f"\ntraining time: 3 single-scale models {single_s:.0f} s ({single_steps} steps, "
+        f"{single_s / single_steps:.3f} s/step), one multi-scale model {multi.seconds:.0f} s "
+        f"({multi.steps} steps, {multi.seconds / multi.steps:.3f} s/step; "
+        f"{multi.seconds / single_s:.2f}x the single-scale total); parameters: single "
         f"{sum(sum(p.numel() for p in r.models.generator.parameters()) for r in runs):,} "
         f"(3 generators), multi {sum(p.numel() for p in multi.models.generator.parameters()):,}"
     )

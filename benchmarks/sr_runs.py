@@ -132,10 +132,13 @@ def train_interleaved(
     chunk: int = 25,
     log=print,
 ) -> None:
-    """Train each run to its ``steps[name]``, ``chunk`` steps at a time, in turn."""
+    """Train each run to its ``steps[name]``, in turn, a chunk at a time: ``chunk`` steps for
+    the runs with the fewest, proportionally more for the others (so that all of them finish
+    together and every run's steps are spread over the same stretch of a shared machine's load)."""
+    fewest = min(steps[r.name] for r in runs)
     while any(r.steps < steps[r.name] for r in runs):
         for run in runs:
-            todo = min(chunk, steps[run.name] - run.steps)
+            todo = min(chunk * steps[run.name] // fewest, steps[run.name] - run.steps)
             if todo > 0:
                 run.train(items, lrs, todo, batch)
         done = ", ".join(f"{r.name} {r.steps}/{steps[r.name]}" for r in runs)

@@ -18,8 +18,8 @@ from clipsr.training import build_generator
 from jobs.evaluate import main as evaluate
 from jobs.promote import main as promote
 from jobs.tracking import RunTracker, log_generator_model
-from pipelines.bundled_corpus import write_shapes
 from tests.conftest import tiny_config
+from tests.jobs.conftest import shapes_shards
 
 pytestmark = pytest.mark.integration
 GATES = (
@@ -43,16 +43,7 @@ def _checkpoint(clip, directory: Path, noise: float) -> Path:
 
 @pytest.fixture(scope="module")
 def shards(ray_session, tmp_path_factory) -> Path:
-    from pipelines.preprocess import run_preprocess
-    from pipelines.preprocess_config import load_preprocess_config
-
-    corpus = tmp_path_factory.mktemp("corpus")
-    write_shapes(corpus, train=2, test=6)
-    out = tmp_path_factory.mktemp("shards")
-    overrides = [f"source.path={corpus}", "source.kind=folder", "source.folder_split_dirs=true"]
-    overrides += [f"output={out}", "hr_size=128", "scales=[4]", "samples_per_shard=3"]
-    run_preprocess(load_preprocess_config(None, overrides), progress=False)
-    return out
+    return shapes_shards(tmp_path_factory, 2, 6, "[4]", 3)
 
 
 @pytest.fixture(autouse=True)

@@ -21,8 +21,8 @@ from jobs.evaluate import main as evaluate
 from jobs.promote import main as promote
 from jobs.train_config import load_train_config
 from jobs.upscale import main as upscale
-from pipelines.bundled_corpus import write_shapes
 from tests.conftest import tiny_config
+from tests.jobs.conftest import shapes_shards
 
 ROOT = Path(__file__).resolve().parents[2]
 TRAIN_CFG = ROOT / "configs" / "train" / "tiny-multiscale.yaml"
@@ -56,16 +56,7 @@ def test_upscale_picks_a_scale_of_a_multi_scale_checkpoint(tiny_clip, tmp_path, 
 
 @pytest.fixture(scope="module")
 def shards(ray_session, tmp_path_factory) -> Path:
-    from pipelines.preprocess import run_preprocess
-    from pipelines.preprocess_config import load_preprocess_config
-
-    corpus = tmp_path_factory.mktemp("corpus")
-    write_shapes(corpus, train=8, test=4)
-    out = tmp_path_factory.mktemp("shards")
-    overrides = [f"source.path={corpus}", "source.kind=folder", "source.folder_split_dirs=true"]
-    overrides += [f"output={out}", "hr_size=128", "scales=[4,8,16]", "samples_per_shard=4"]
-    run_preprocess(load_preprocess_config(None, overrides), progress=False)
-    return out
+    return shapes_shards(tmp_path_factory, 8, 4, "[4,8,16]", 4)
 
 
 @pytest.mark.integration
