@@ -37,9 +37,9 @@ class WorkerSpec:
     lpips_backbone_weights: str = ""
     lpips_linear_weights: str = ""
     endpoint_url: str = ""
-    scale: int = 0  # the scale to evaluate (0: the model's default)
     # The shard set's attribute declaration (manifest "attributes", JSON) for prompt adherence.
     attributes: str = ""
+    scale: int = 0  # the scale to evaluate (0: the model's default)
 
 
 def shape_attributes(declaration: str) -> ShapeAttributes | None:
