@@ -190,3 +190,22 @@ def test_a_multi_scale_step_trains_the_shared_body_and_that_scale_head_only(tiny
     assert not any(
         n.startswith(("head.scale_heads.x8", "head.upsample", "head.to_rgb")) for n in grads
     )
+
+
+def test_head_text_fusion_is_shared_by_every_scale_and_fits_the_smallest(tiny_clip):
+    shared = ("model.scales=[4,16]", "model.generator.lr_residual=none")
+    gen = build_generator(tiny_config(4, *shared, "model.generator.head_text_stages=2"), tiny_clip)
+    keys = [k for k in gen.state_dict() if "text_fusion" in k]
+    assert keys and all(k.startswith("head.text_fusion.") for k in keys)  # one set, no copies
+    text, lr = torch.randn(1, tiny_clip.embed_dim), torch.rand(1, 3, 8, 8) * 2 - 1
+    with torch.no_grad():
+        before = gen(lr, text, tiny_clip, scale=16)
+        for p in gen.head.text_fusion.parameters():
+            p.add_(0.5)
+        after = gen(lr, text, tiny_clip, scale=16)
+    assert before.shape == (1, 3, 128, 128) and not torch.equal(before, after)  # 16x uses it
+    too_many = tiny_config(4, *shared, "model.generator.head_text_stages=3")
+    with pytest.raises(
+        ValueError, match=r"not in 0\.\.2 \(the head has 2 pixel-shuffle stages at 4x"
+    ):
+        build_generator(too_many, tiny_clip)
