@@ -67,7 +67,12 @@ def test_the_run_page_shows_the_datasets_and_grouped_charts(mlflow_server, tmp_p
         page.get_by_text(re.compile(r"^training$", re.I)).first.wait_for(timeout=10_000)
         page.screenshot(path=str(shots / "mlflow-run-overview.png"))
         page.goto(f"{page_url}/model-metrics")
-        for group in ("loss (3)", "perf (1)", "val (1)"):  # one section per prefix
-            page.get_by_text(group, exact=True).first.wait_for(timeout=60_000)
+        for group, charts in (("loss", 3), ("perf", 1), ("val", 1)):  # one section per prefix
+            # a section's title and its chart count are separate elements: "loss" "(3)"
+            page.wait_for_function(
+                "pattern => new RegExp(pattern).test(document.body.innerText)",
+                arg=rf"(^|\n){group}\s*\({charts}\)",
+                timeout=60_000,
+            )
         page.screenshot(path=str(shots / "mlflow-run-charts.png"))
         browser.close()

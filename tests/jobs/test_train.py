@@ -221,10 +221,12 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(shards, tmp_path)
     assert proc.returncode == 0, out[-3000:]
     assert "train done" in out
     assert "resumed from the checkpoint at step" in out
-    # The workers logged into the embedded store beside the checkpoints, not one in their cwd.
+    # The workers logged into the embedded store of the storage root (shared by its runs), not
+    # one in their cwd.
     import mlflow
 
-    client = mlflow.MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
+    assert not (tmp_path / "mlflow.db").exists()
+    client = mlflow.MlflowClient(f"sqlite:///{run_dir.parent / 'mlflow.db'}")
     experiments = [e.experiment_id for e in client.search_experiments()]
     (run,) = client.search_runs(experiments)  # the store also holds MLflow's empty Default
     assert "loss/g_loss" in run.data.metrics, sorted(run.data.metrics)
