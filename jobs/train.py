@@ -97,6 +97,7 @@ def run_train(cfg) -> TrainResult:
 
     from clipsr.config_loader import flatten, to_dict
     from jobs.ray_setup import train_runtime_env
+    from jobs.run_state import honest_end
     from jobs.tracking import (
         RunTracker,
         check_tracking_uri,
@@ -104,8 +105,8 @@ def run_train(cfg) -> TrainResult:
         resolve_tracking_uri,
     )
     from jobs.train_backend import NodeBoundTorchConfig
-    from jobs.train_checks import check_cluster
-    from jobs.train_loop import nonfinite_marker_uri, train_loop_per_worker
+    from jobs.train_checks import check_before_fit, check_cluster
+    from jobs.train_loop import stop_marker_uri, train_loop_per_worker
     from pipelines import storage
     from pipelines.preprocess import code_version
     from pipelines.ray_cluster import init_ray
@@ -117,6 +118,9 @@ def run_train(cfg) -> TrainResult:
     cfg.data.endpoint_url = storage.resolve_endpoint(cfg.data.endpoint_url)
     manifest, train_urls, val_urls, manifest_sha = check_inputs(cfg)
     opts = StorageOptions(endpoint_url=cfg.data.endpoint_url)
+    resume = check_before_fit(cfg, train_urls + val_urls, opts)  # nothing a retry cannot fix
+    if resume is not None:
+        log.info("run %s resumes from step %d (%s)", cfg.run.name, resume[1], resume[0])
     storage_path, filesystem = storage.ray_storage(cfg.run.storage_path, opts)
     run_dir = (
         Path(storage_path) / cfg.run.name if filesystem is None else Path("runs") / cfg.run.name
@@ -177,32 +181,38 @@ def run_train(cfg) -> TrainResult:
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
         ),
     )
-    storage.delete(nonfinite_marker_uri(cfg), opts)
-    try:
-        result = trainer.fit()
-    except Exception as err:
-        tracker.end("FAILED")
-        raise TrainingFailed(f"training failed: {err}") from err
-    metrics = dict(result.metrics or {})
-    checkpoint = result.checkpoint
-    where = "none"
-    if checkpoint is not None:  # pyarrow's paths have no scheme: give users the URI
-        where = storage.to_uri(cfg.run.storage_path, checkpoint.path)
-    if storage.exists(nonfinite_marker_uri(cfg), opts):
-        info = json.loads(storage.read_bytes(nonfinite_marker_uri(cfg), opts))
-        tracker.end("FAILED")
-        raise TrainingFailed(
-            f"non-finite loss at step {info['step']} ({info['error']}); "
-            f"the last good checkpoint is {where}"
-        )
-    model_uri = version = None
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            model_uri, version = log_generator_model(
-                directory, cfg.tracking.registered_model or None, tags
+    storage.delete(stop_marker_uri(cfg), opts)
+    with honest_end(tracker):  # FINISHED, FAILED with the reason, or KILLED
+        try:
+            result = trainer.fit()
+        except Exception as err:
+            raise TrainingFailed(f"training failed: {err}") from err
+        metrics = dict(result.metrics or {})
+        checkpoint = result.checkpoint
+        where = "none"
+        if checkpoint is not None:  # pyarrow's paths have no scheme: give users the URI
+            where = storage.to_uri(cfg.run.storage_path, checkpoint.path)
+        if storage.exists(stop_marker_uri(cfg), opts):
+            raise TrainingFailed(
+                _stopped(json.loads(storage.read_bytes(stop_marker_uri(cfg), opts)), where)
             )
-    tracker.end("FINISHED")
+        model_uri = version = None
+        if checkpoint is not None:
+            with checkpoint.as_directory() as directory:
+                model_uri, version = log_generator_model(
+                    directory, cfg.tracking.registered_model or None, tags
+                )
     return TrainResult(run_id, where, metrics, model_uri, version)
+
+
+def _stopped(info: dict, where: str) -> str:
+    """The message of a run its workers stopped (see jobs.train_loop.stop_marker_uri)."""
+    if info.get("kind") == "setup":
+        return f"the workers could not start (not retried): {info['error']}"
+    return (
+        f"non-finite loss at step {info['step']} ({info['error']}); "
+        f"the last good checkpoint is {where}"
+    )
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -212,6 +222,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     from clipsr.config_loader import ConfigError
+    from jobs.run_state import Interrupted
     from jobs.tracking import TrackingUnavailable
     from jobs.train_config import load_train_config
 
@@ -224,6 +235,9 @@ def main(argv: list[str] | None = None) -> int:
     except TrainingFailed as err:
         print(f"clipsr train: {err}", file=sys.stderr)
         return 1
+    except Interrupted as err:  # Ctrl-C or SIGTERM: the MLflow run ends KILLED
+        print(f"clipsr train: {err}; the run ends KILLED", file=sys.stderr)
+        return 130
     shown = {k: round(v, 4) for k, v in result.metrics.items() if isinstance(v, float)}
     print(f"\ntrain done: run {result.run_id}; checkpoint {result.checkpoint}")
     print(f"  final metrics: {shown}")

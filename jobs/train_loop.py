@@ -23,6 +23,14 @@ import torch.distributed as dist
 log = logging.getLogger("clipsr.train")
 
 
+def _setup_errors() -> tuple[type[BaseException], ...]:
+    from clipsr.checkpoint import CheckpointError
+    from clipsr.clip_backbone import ClipWeightsError
+    from clipsr.config_loader import ConfigError
+
+    return (CheckpointError, ClipWeightsError, ConfigError, FileNotFoundError)
+
+
 def _all_finite(t: torch.Tensor) -> bool:
     flag = torch.isfinite(t.detach()).float().reshape(1)
     if dist.is_available() and dist.is_initialized():
@@ -56,23 +64,28 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
     torch.manual_seed(cfg.seed + rank)
-    models = build_models(cfg).to(device)
-    ema = EMA(models.generator, cfg.run.ema_decay)
+    step = 0
+    try:  # what fails here fails the same way on every rank and on every retry
+        models = build_models(cfg).to(device)
+        ema = EMA(models.generator, cfg.run.ema_decay)
+        checkpoint = ray.train.get_checkpoint()
+        optimizers = build_optimizers(models, cfg.optim)
+        precision = Precision.create(cfg.run.precision, device)
+        if checkpoint is not None:
+            with checkpoint.as_directory() as directory:
+                step = load_training_checkpoint(
+                    directory, models, optimizers, ema, precision, device=device
+                )
+    except _setup_errors() as err:  # not retried: stop every rank, the driver reports it
+        if rank == 0:
+            write_stop_marker(cfg, {"kind": "setup", "step": step, "error": f"{err}"})
+        ray.train.report({"step": step})
+        return
     models.generator = ray.train.torch.prepare_model(models.generator)
     models.discriminator = ray.train.torch.prepare_model(models.discriminator)
-    optimizers = build_optimizers(models, cfg.optim)
-    precision = Precision.create(cfg.run.precision, device)
     base_lrs = [cfg.optim.generator_lr, cfg.optim.discriminator_lr]
-
-    step = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            step = load_training_checkpoint(
-                directory, models, optimizers, ema, precision, device=device
-            )
-        if rank == 0:
-            log.info("resumed from the checkpoint at step %d", step)
+    if checkpoint is not None and rank == 0:
+        log.info("resumed from the checkpoint at step %d", step)
 
     opener = functools.partial(_open, endpoint=cfg.data.endpoint_url)
     stream = TrainingBatchStream(
@@ -122,7 +135,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             # every rank got here together (the check is collective): stop without retrying;
             # the driver reads the marker (reports without a checkpoint do not reach it)
             if rank == 0:
-                write_nonfinite_marker(cfg, {"step": step + 1, "error": str(err)})
+                write_stop_marker(cfg, {"kind": "nonfinite", "step": step + 1, "error": str(err)})
             ray.train.report({"step": step})
             return
         ema.update(models.generator)
@@ -234,16 +247,18 @@ def _report_checkpoint(cfg, models, optimizers, ema, precision, step, rank, metr
         ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
 
-def nonfinite_marker_uri(cfg) -> str:
+def stop_marker_uri(cfg) -> str:
+    """Where rank 0 says why every rank stopped without an error Ray Train would retry
+    (``kind``: ``nonfinite`` loss, or a ``setup`` error such as a damaged checkpoint)."""
     from pipelines import storage
 
-    return storage.join(cfg.run.storage_path, cfg.run.name, "nonfinite.json")
+    return storage.join(cfg.run.storage_path, cfg.run.name, "stopped.json")
 
 
-def write_nonfinite_marker(cfg, info: dict) -> None:
+def write_stop_marker(cfg, info: dict) -> None:
     import json
 
     from pipelines import storage
 
     opts = storage.StorageOptions(endpoint_url=cfg.data.endpoint_url)
-    storage.write_bytes(nonfinite_marker_uri(cfg), json.dumps(info).encode(), opts)
+    storage.write_bytes(stop_marker_uri(cfg), json.dumps(info).encode(), opts)

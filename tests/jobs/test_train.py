@@ -157,6 +157,16 @@ def test_resume_equals_uninterrupted(shards, tmp_path, ray_session):
         b = load_part(second.checkpoint, part)
         for key in a:
             torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=f"{part}.{key}")
+    # a rerun that could not work is refused on the driver, before Ray Train retries it
+    from clipsr.config_loader import ConfigError
+
+    more = ("run.steps=6", "run.checkpoint_every=2", "run.validate_every=100")
+    with pytest.raises(ConfigError, match=r"model\.clip\.init_seed: differs from the checkpoint"):
+        run_train(_cfg(shards, str(tmp_path), "resumed", *more, "model.clip.init_seed=7"))
+    damaged = Path(second.checkpoint) / "generator_live.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:-1] + b"\0")
+    with pytest.raises(ConfigError, match=r"resume from, .*, is damaged \(generator_live"):
+        run_train(_cfg(shards, str(tmp_path), "resumed", *more))
 
 
 def test_a_killed_worker_is_restarted_from_the_last_checkpoint(shards, tmp_path):
@@ -297,3 +307,11 @@ def test_wrong_scale_and_unreachable_tracking_fail_before_ray(shards, tmp_path):
     assert res.returncode == 2 and "http://127.0.0.1:9" in res.stderr
     assert time.time() - start < 60
     assert not (tmp_path / "tiny-x4").exists()  # nothing started
+    res = subprocess.run(
+        [sys.executable, "-m", "jobs.train", str(TRAIN_CFG), f"data.shards={shards}",
+         f"run.storage_path={tmp_path}", "model.clip.pretrained=openaii"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "model.clip.pretrained: 'openaii' is not a pretrained tag of 'clipsr-tiny'" in res.stderr
+    assert not (tmp_path / "tiny-x4").exists()  # refused before Ray and MLflow
