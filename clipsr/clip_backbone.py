@@ -13,6 +13,7 @@ so with a :class:`RandomClipWeightsWarning`.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import warnings
 from pathlib import Path
@@ -37,12 +38,56 @@ class ClipWeightsError(RuntimeError):
     """The configured CLIP weights cannot be loaded."""
 
 
+class _OpenClipRandomNotice(logging.Filter):
+    """Drops open_clip's "No pretrained weights loaded ... initialized randomly" (it logs it
+    through the root logger): the RandomClipWeightsWarning says so where it is true, and a
+    model whose CLIP weights then come from a checkpoint is not random at all."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return "No pretrained weights loaded" not in record.getMessage()
+
+
+@contextlib.contextmanager
+def _without_open_clip_notice():
+    root, notice = logging.getLogger(), _OpenClipRandomNotice()
+    root.addFilter(notice)
+    try:
+        yield
+    finally:
+        root.removeFilter(notice)
+
+
+def random_clip_message(cfg: ClipConfig, saved: bool = False) -> str:
+    """The text of the :class:`RandomClipWeightsWarning`: no weights configured (``saved``
+    False), or a model whose checkpoint carries the random CLIP it was trained with."""
+    if saved:
+        return (
+            f"CLIP '{cfg.arch}' of this model is RANDOMLY INITIALISED (seed {cfg.init_seed}; "
+            "saved in its checkpoint): it was trained without CLIP weights, so its text "
+            "guidance and CLIP-scores carry no pretrained meaning."
+        )
+    return (
+        f"CLIP '{cfg.arch}' is RANDOMLY INITIALISED (seed {cfg.init_seed}): no weights are "
+        "configured. Set model.clip.pretrained (an open_clip tag, e.g. openai) or "
+        "model.clip.checkpoint (a local file). Text guidance and the CLIP losses mean "
+        "nothing pretrained; the random weights are saved with every checkpoint."
+    )
+
+
+def describe_clip_weights(cfg: ClipConfig, source: str) -> str:
+    """Which CLIP weights a model runs on, for reports and tags: ``source`` is a
+    :attr:`ClipBackbone.weights_source` (or a checkpoint manifest's ``clip_weights``)."""
+    if source == "random":
+        return f"random (no pretrained weights; {cfg.arch}, init seed {cfg.init_seed})"
+    if source == "checkpoint":
+        return f"from the model's checkpoint ({cfg.arch})"
+    return f"{source} ({cfg.arch})" if source != cfg.arch else source
+
+
 def _create_open_clip(cfg: ClipConfig) -> tuple[nn.Module, str]:
     """Build the open_clip model; returns it and a description of where its weights came from."""
     schema = cfg.arch.startswith(("hf-hub:", "local-dir:"))
-    quick_gelu = cfg.quick_gelu
-    if quick_gelu is None:
-        quick_gelu = cfg.pretrained == "openai" or cfg.arch.endswith("-quickgelu")
+    quick_gelu = cfg.uses_quick_gelu
     kwargs = dict(force_quick_gelu=quick_gelu, cache_dir=cfg.cache_dir or None)
     if not cfg.has_weights:
         if cfg.arch not in open_clip.list_models():
@@ -50,15 +95,8 @@ def _create_open_clip(cfg: ClipConfig) -> tuple[nn.Module, str]:
                 f"model.clip.arch: unknown open_clip architecture '{cfg.arch}' "
                 "(see open_clip.list_models(), or use hf-hub:org/repo / local-dir:/path)"
             )
-        message = (
-            f"CLIP '{cfg.arch}' is RANDOMLY INITIALISED (seed {cfg.init_seed}): no weights are "
-            "configured. Set model.clip.pretrained (an open_clip tag, e.g. openai) or "
-            "model.clip.checkpoint (a local file). Text guidance and the CLIP losses mean "
-            "nothing pretrained; the random weights are saved with every checkpoint."
-        )
-        warnings.warn(message, RandomClipWeightsWarning, stacklevel=3)
-        log.warning(message)
-        with torch.random.fork_rng(devices=[]):
+        warnings.warn(random_clip_message(cfg), RandomClipWeightsWarning, stacklevel=3)
+        with torch.random.fork_rng(devices=[]), _without_open_clip_notice():
             torch.manual_seed(cfg.init_seed)
             model = open_clip.create_model(cfg.arch, pretrained=None, **kwargs)
         return model, "random"
@@ -90,15 +128,26 @@ def _create_open_clip(cfg: ClipConfig) -> tuple[nn.Module, str]:
 class ClipBackbone(nn.Module):
     """Frozen open_clip model with the three views CLIP-SR needs (text, image taps, ViT trunk)."""
 
-    def __init__(self, cfg: ClipConfig, state_dict: dict[str, torch.Tensor] | None = None):
+    def __init__(
+        self,
+        cfg: ClipConfig,
+        state_dict: dict[str, torch.Tensor] | None = None,
+        origin: str = "checkpoint",
+    ):
+        """``state_dict``: weights saved with a checkpoint; ``origin`` says where they first
+        came from (the checkpoint's ``clip_weights``: ``random`` for a random init, which is
+        then warned about as such)."""
         super().__init__()
         self.cfg = cfg
-        if state_dict is not None:  # weights saved with a checkpoint (e.g. a random init)
+        if state_dict is not None:
             with warnings.catch_warnings():
                 warnings.simplefilter("ignore", RandomClipWeightsWarning)
                 model, _ = _create_open_clip(_without_weights(cfg))
             model.load_state_dict(state_dict)
-            self.weights_source = "checkpoint"
+            self.weights_source = origin
+            if origin == "random":
+                message = random_clip_message(cfg, saved=True)
+                warnings.warn(message, RandomClipWeightsWarning, stacklevel=2)
         else:
             model, self.weights_source = _create_open_clip(cfg)
         model.requires_grad_(False)
@@ -160,6 +209,18 @@ class ClipBackbone(nn.Module):
         )
         return torch.stack(out["image_intermediates"], dim=1), out["image_features"]
 
+    def image_taps(self, images: torch.Tensor) -> torch.Tensor:
+        """Only the patch-token maps after ``image_taps`` (B, T, width, g, g): the blocks after
+        the last tap, ln_post and the projection are not run (the discriminator's input)."""
+        out = self.visual.forward_intermediates(
+            self.preprocess(images),
+            indices=list(self.cfg.image_taps),
+            stop_early=True,
+            intermediates_only=True,
+            output_fmt="NCHW",
+        )
+        return torch.stack(out["image_intermediates"], dim=1)
+
     def image_embedding(self, images: torch.Tensor) -> torch.Tensor:
         return self.visual(self.preprocess(images))
 
@@ -193,6 +254,11 @@ class ClipBackbone(nn.Module):
 
     def weights_state_dict(self) -> dict[str, torch.Tensor]:
         return self.model.state_dict()
+
+    @property
+    def weights_description(self) -> str:
+        """Which weights this CLIP runs on, in words (:func:`describe_clip_weights`)."""
+        return describe_clip_weights(self.cfg, self.weights_source)
 
 
 def check_clip_weights(cfg: ClipConfig) -> None:
@@ -248,7 +314,9 @@ def check_clip_weights(cfg: ClipConfig) -> None:
 def _without_weights(cfg: ClipConfig) -> ClipConfig:
     from dataclasses import replace
 
-    return replace(cfg, pretrained="", checkpoint="", arch=_plain_arch(cfg))
+    # the same network: QuickGELU as resolved from the weights source (OpenAI: on)
+    quick_gelu = cfg.uses_quick_gelu
+    return replace(cfg, pretrained="", checkpoint="", arch=_plain_arch(cfg), quick_gelu=quick_gelu)
 
 
 def _plain_arch(cfg: ClipConfig) -> str:
@@ -258,3 +326,9 @@ def _plain_arch(cfg: ClipConfig) -> str:
             "load it from the hub cache or directory instead"
         )
     return cfg.arch
+
+
+def create_open_clip(cfg: ClipConfig) -> tuple[nn.Module, str]:
+    """The open_clip model ``cfg`` names (weights from its tag/file, or a random init from
+    ``init_seed`` with a warning) and where its weights came from; trainable as returned."""
+    return _create_open_clip(cfg)

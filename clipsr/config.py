@@ -39,6 +39,13 @@ class ClipConfig:
     init_seed: int = 0
 
     @property
+    def uses_quick_gelu(self) -> bool:
+        """``quick_gelu``, or when null: on for OpenAI weights and ``*-quickgelu`` archs."""
+        if self.quick_gelu is not None:
+            return self.quick_gelu
+        return self.pretrained == "openai" or self.arch.endswith("-quickgelu")
+
+    @property
     def has_weights(self) -> bool:
         return bool(self.pretrained or self.checkpoint) or self.arch.startswith(
             ("hf-hub:", "local-dir:")
@@ -65,9 +72,16 @@ class GeneratorConfig:
     skip_fusion: bool = False
     # Weight of the ViT output added to its input (GALIP/CLIP-SR use 0.1).
     clip_residual_scale: float = 0.1
+    # How F_U (the CLIP-ViT output, on the ViT's grid: 7x7 for ViT-B/32) is resized to F_I's
+    # size (8x8), paper wiring. The reference's no_clip.py resizes by nearest (its first
+    # refinement stage's resize); bilinear is clipsr's default (checkpoints trained with it).
+    clip_output_resize: Literal["bilinear", "nearest"] = "bilinear"
     # LR is nearest-upsampled by this factor before the encoder (the reference runs 8x/16x
     # by upsampling LR to 64 px: 2 and 4); the head then upsamples by scale / lr_pre_upsample.
     lr_pre_upsample: int = 1
+    # Extension (not in the paper): a text-image fusion block after each of the head's first N
+    # pixel-shuffle stages, where the caption can shape the inside of an LR pixel (see README).
+    head_text_stages: int = 0
     # Add an interpolated LR to the head's output (the head learns a residual, zero at init).
     # Not in the reference (none); it makes small CPU models beat bicubic within minutes.
     lr_residual: Literal["none", "bilinear", "bicubic"] = "none"
@@ -179,6 +193,8 @@ class CLIPSRConfig:
         self.model.validate()
 
 
-def load_clipsr_config(path: str | Path | None, overrides: list[str] = ()) -> CLIPSRConfig:
+def load_clipsr_config(
+    path: str | Path | None, overrides: list[str] = (), validate: bool = True
+) -> CLIPSRConfig:
     """Load a model/training config preset (``configs/*.yaml``) with ``a.b=value`` overrides."""
-    return load_config(CLIPSRConfig, path, overrides)
+    return load_config(CLIPSRConfig, path, overrides, validate)

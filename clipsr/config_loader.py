@@ -1,16 +1,20 @@
 """Typed configuration: dataclasses loaded from YAML, overridable as ``a.b=value``.
 
 One schema serves YAML files, the command line and Python. Every key is checked against the
-dataclass it lands in: an unknown key or a value of the wrong type raises :class:`ConfigError`
-naming the full dotted key, before any work starts.
+dataclass it lands in: an unknown key (with the closest known ones: "did you mean") or a value of
+the wrong type raises :class:`ConfigError` naming the full dotted key, and the override or file it
+came from, before any work starts. A dataclass may rename a field and keep the old spelling as a
+deprecated alias: ``DEPRECATED_KEYS = {"old": "new"}`` (a :class:`ConfigDeprecationWarning`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import difflib
 import re
 import types
 import typing
+import warnings
 from pathlib import Path
 from typing import Any, Literal, TypeVar, Union, get_args, get_origin
 
@@ -22,6 +26,35 @@ _YAML11_FLOAT = re.compile(r"[-+]?(\d+\.?\d*|\.\d+)[eE][-+]?\d+")
 
 class ConfigError(ValueError):
     """A configuration value is missing, unknown or of the wrong type."""
+
+
+class ConfigDeprecationWarning(FutureWarning):
+    """A configuration key was given by an old name that still works (shown to users)."""
+
+
+def did_you_mean(word: str, choices: typing.Iterable[str], prefix: str = "") -> str:
+    """``" (did you mean 'run.steps'?)"`` for the closest of ``choices``, or ``""``."""
+    close = difflib.get_close_matches(word, list(choices), n=2, cutoff=0.6)
+    return f" (did you mean {' or '.join(repr(prefix + c) for c in close)}?)" if close else ""
+
+
+def _renamed(cls: type, data: dict[str, Any], prefix: str) -> dict[str, Any]:
+    """``data`` with the deprecated keys of ``cls`` (``DEPRECATED_KEYS``) under their new names."""
+    aliases: dict[str, str] = getattr(cls, "DEPRECATED_KEYS", {})
+    if not any(old in data for old in aliases):
+        return data
+    data = dict(data)
+    where = f"{prefix}." if prefix else ""
+    for old, new in aliases.items():
+        if old not in data:
+            continue
+        if new in data:
+            raise ConfigError(f"{where}{old} is the old name of {where}{new}: give only {new}")
+        warnings.warn(
+            f"'{where}{old}' is deprecated, use '{where}{new}'", ConfigDeprecationWarning, 3
+        )
+        data[new] = data.pop(old)
+    return data
 
 
 def _type_name(tp: Any) -> str:
@@ -106,11 +139,13 @@ def _convert(value: Any, tp: Any, key: str) -> Any:
 def _build(cls: type[T], data: dict[str, Any], prefix: str) -> T:
     hints = typing.get_type_hints(cls)
     fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    data = _renamed(cls, data, prefix)
     unknown = sorted(set(data) - set(fields))
     if unknown:
         where = f"{prefix}." if prefix else ""
+        hint = did_you_mean(unknown[0], fields, where)
         raise ConfigError(
-            f"unknown key '{where}{unknown[0]}' (known keys under "
+            f"unknown key '{where}{unknown[0]}'{hint} (known keys under "
             f"'{prefix or '<top>'}': {', '.join(sorted(fields))})"
         )
     kwargs = {}
@@ -124,7 +159,7 @@ def _build(cls: type[T], data: dict[str, Any], prefix: str) -> T:
         kwargs[name] = _convert(value, hints[name], key)
     try:
         obj = cls(**kwargs)
-    except TypeError as err:  # a required field without default
+    except (TypeError, ValueError) as err:  # a required field; a check in __post_init__
         raise ConfigError(f"{prefix or '<top>'}: {err}") from None
     return obj
 
@@ -173,14 +208,16 @@ def read_yaml(path: str | Path) -> dict[str, Any]:
     return data
 
 
-def from_dict(cls: type[T], data: dict[str, Any], overrides: list[str] = ()) -> T:
+def from_dict(
+    cls: type[T], data: dict[str, Any], overrides: list[str] = (), validate: bool = True
+) -> T:
     """Build and validate ``cls`` from nested dicts plus ``a.b=value`` overrides."""
     for text in overrides:
         data = _merge(data, parse_override(text))
     obj = _build(cls, data, "")
-    validate = getattr(obj, "validate", None)
-    if callable(validate):
-        validate()
+    check = getattr(obj, "validate", None)
+    if validate and callable(check):
+        check()
     return obj
 
 
@@ -199,15 +236,48 @@ def read_yaml_with_extends(path: str | Path, _seen: tuple[Path, ...] = ()) -> di
     return _merge(read_yaml_with_extends(path.parent / parent, (*_seen, path)), data)
 
 
-def load_config(cls: type[T], path: str | Path | None, overrides: list[str] = ()) -> T:
-    """Load ``cls`` from a YAML file (or only defaults when ``path`` is None) plus overrides."""
+def _mentions(message: str, override: str) -> bool:
+    key = override.split("=", 1)[0].strip()
+    return bool(key) and re.search(rf"(?<![\w.]){re.escape(key)}(?![\w])", message) is not None
+
+
+def load_config(
+    cls: type[T], path: str | Path | None, overrides: list[str] = (), validate: bool = True
+) -> T:
+    """Load ``cls`` from a YAML file (or only defaults when ``path`` is None) plus overrides.
+
+    An error names where the bad value came from: the file, or the override (``override
+    'run.stpes=3' (over FILE): unknown key ...``); a check of the whole config (``validate()``)
+    names the override whose key it mentions, else the file."""
     data = read_yaml_with_extends(path) if path is not None else {}
+    over = f" (over {path})" if path is not None else ""
+
+    def blame(err: ConfigError, override: str | None) -> ConfigError:
+        if override is not None:
+            return ConfigError(f"override '{override}'{over}: {err}")
+        return ConfigError(f"{path}: {err}") if path is not None else err
+
+    with warnings.catch_warnings():  # deprecations are reported once, by the last build
+        warnings.simplefilter("ignore", ConfigDeprecationWarning)
+        try:
+            _build(cls, data, "")
+        except ConfigError as err:
+            raise blame(err, None) from None
+        for text in overrides:
+            try:
+                update = parse_override(text)
+            except ConfigError as err:
+                raise ConfigError(f"{err}{over}") from None
+            try:
+                data = _merge(data, update)
+                _build(cls, data, "")
+            except ConfigError as err:
+                raise blame(err, text) from None
     try:
-        return from_dict(cls, data, overrides)
+        return from_dict(cls, data, validate=validate)
     except ConfigError as err:
-        if path is None:
-            raise
-        raise ConfigError(f"{path}: {err}") from None
+        culprit = next((o for o in reversed(list(overrides)) if _mentions(str(err), o)), None)
+        raise blame(err, culprit) from None
 
 
 def to_dict(obj: Any) -> dict[str, Any]:

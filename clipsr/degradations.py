@@ -39,6 +39,7 @@ if TYPE_CHECKING:
 
 __all__ = [
     "KERNEL_TYPES",
+    "box_downsample",
     "DegradationConfig",
     "RealESRGANConfig",
     "derive_seed",
@@ -194,6 +195,18 @@ def imresize_torch(
     return torch.matmul(torch.matmul(w_h_t, x), w_w_t.T)
 
 
+def box_downsample(img: np.ndarray, scale: int) -> np.ndarray:
+    """Area downsampling of an HxWxC uint8 image: each output pixel is the mean of its
+    ``scale`` x ``scale`` block, rounded half up. Blocks never overlap."""
+    h, w, c = img.shape
+    if h % scale or w % scale:
+        raise ValueError(f"image size {h}x{w} is not divisible by scale {scale}")
+    blocks = img.reshape(h // scale, scale, w // scale, scale, c).astype(np.int64)
+    total = blocks.sum(axis=(1, 3))
+    n = scale * scale
+    return ((2 * total + n) // (2 * n)).astype(np.uint8)
+
+
 # ------------------------------------------------------------------ LR generation
 
 
@@ -207,9 +220,20 @@ KERNEL_TYPES = (
 )
 
 
-def _pair(name: str, value: list[float]) -> None:
+def _pair(name: str, value: list[float], low: float | None = None) -> None:
     if len(value) != 2 or not value[0] <= value[1]:
         raise ValueError(f"{name} must be a [low, high] pair with low <= high, got {value!r}")
+    if low is not None and value[0] < low:
+        raise ValueError(f"{name} must not go below {low:g}, got {value!r}")
+
+
+def _around_one(name: str, value: list[float]) -> None:
+    """The sampler draws uniform(low, 1) or uniform(1, high): [low, high] must hold 1."""
+    if not value[0] <= 1.0 <= value[1]:
+        raise ValueError(
+            f"{name} must hold 1 ([low <= 1 <= high]: the sampler draws from [low, 1] and "
+            f"[1, high]), got {value!r}"
+        )
 
 
 @dataclass
@@ -217,7 +241,10 @@ class RealESRGANConfig:
     """Real-ESRGAN second-order degradation settings; defaults = ``train_realesrgan_x4plus``.
 
     Fields without a ``2`` are the first stage, with a ``2`` the second stage. Kernel sizes are
-    the odd numbers in ``kernel_size_range``. Ranges are ``[low, high]``.
+    the odd numbers in ``kernel_size_range``. Ranges are ``[low, high]``; probabilities lie in
+    [0, 1]; ``resize_range``s and the ``beta`` ranges must hold 1 (the sampler draws below and
+    above 1 from them). The stage-1 resize is relative to the HR size, the stage-2 resize to the
+    target LR size (``hr / scale``); the defaults are Real-ESRGAN's for 4x (see README).
     """
 
     kernel_size_range: list[int] = field(default_factory=lambda: [7, 21])
@@ -236,6 +263,7 @@ class RealESRGANConfig:
     jpeg_range: list[int] = field(default_factory=lambda: [30, 95])
 
     second_blur_prob: float = 0.8
+    kernel_list2: list[str] = field(default_factory=lambda: list(KERNEL_TYPES))
     kernel_prob2: list[float] = field(default_factory=lambda: [0.45, 0.25, 0.12, 0.03, 0.12, 0.03])
     sinc_prob2: float = 0.1
     blur_sigma2: list[float] = field(default_factory=lambda: [0.2, 1.5])
@@ -251,31 +279,59 @@ class RealESRGANConfig:
     final_sinc_prob: float = 0.8
 
     def __post_init__(self) -> None:
+        if len(self.kernel_size_range) != 2:
+            raise ValueError(f"kernel_size_range must be [low, high], got {self.kernel_size_range}")
         lo, hi = self.kernel_size_range
         if lo % 2 != 1 or hi % 2 != 1 or not 1 <= lo <= hi:
             raise ValueError(f"kernel_size_range must be odd [low, high], got {[lo, hi]}")
-        for kind in self.kernel_list:
-            if kind not in KERNEL_TYPES:
-                raise ValueError(f"unknown kernel type {kind!r} in kernel_list")
+        for name in ("kernel_list", "kernel_list2"):
+            kinds = getattr(self, name)
+            if not kinds or len(set(kinds)) != len(kinds):
+                raise ValueError(f"{name} must list distinct kernel types, got {kinds!r}")
+            for kind in kinds:
+                if kind not in KERNEL_TYPES:
+                    raise ValueError(f"unknown kernel type {kind!r} in {name} ({KERNEL_TYPES})")
         for name in ("kernel_prob", "kernel_prob2", "resize_prob", "resize_prob2"):
             probs = getattr(self, name)
-            want = len(self.kernel_list) if name.startswith("kernel") else 3
+            kernels = {"kernel_prob": "kernel_list", "kernel_prob2": "kernel_list2"}.get(name)
+            want = len(getattr(self, kernels)) if kernels else 3
             if len(probs) != want or min(probs) < 0 or sum(probs) <= 0:
-                raise ValueError(f"{name} must be {want} non-negative weights, got {probs!r}")
-        ranges = ("blur_sigma", "betag_range", "betap_range", "resize_range", "noise_range")
-        for name in (*ranges, "poisson_scale_range", "jpeg_range"):
-            _pair(name, getattr(self, name))
-            _pair(f"{name}2", getattr(self, f"{name}2"))
-        for jpeg in (self.jpeg_range, self.jpeg_range2):
+                what = f"one per {kernels} entry" if kernels else "up, down, keep"
+                raise ValueError(
+                    f"{name} must be {want} non-negative weights ({what}), got {probs!r}"
+                )
+        for name in ("sinc_prob", "gaussian_noise_prob", "gray_noise_prob"):
+            for key in (name, f"{name}2"):
+                _probability(key, getattr(self, key))
+        _probability("second_blur_prob", self.second_blur_prob)
+        _probability("final_sinc_prob", self.final_sinc_prob)
+        lows = {"blur_sigma": 1e-6, "resize_range": 1e-6, "noise_range": 0.0,
+                "poisson_scale_range": 0.0, "betag_range": 1e-6, "betap_range": 1e-6}  # fmt: skip
+        for name in (*lows, "jpeg_range"):
+            for key in (name, f"{name}2"):
+                _pair(key, getattr(self, key), lows.get(name))
+        for name in ("resize_range", "betag_range", "betap_range"):
+            for key in (name, f"{name}2"):
+                _around_one(key, getattr(self, key))
+        for name in ("jpeg_range", "jpeg_range2"):
+            jpeg = getattr(self, name)
             if not 1 <= jpeg[0] <= jpeg[1] <= 100:
-                raise ValueError(f"JPEG quality range must lie in [1, 100], got {jpeg!r}")
+                raise ValueError(f"{name}: JPEG quality must lie in [1, 100], got {jpeg!r}")
+
+
+def _probability(name: str, value: float) -> None:
+    if not 0.0 <= value <= 1.0:
+        raise ValueError(f"{name} is a probability in [0, 1], got {value!r}")
 
 
 @dataclass
 class DegradationConfig:
     """Which LR generator :func:`make_lr` runs, and its settings."""
 
-    kind: Literal["bicubic", "realesrgan"] = "bicubic"
+    # bicubic: MATLAB bicubic with antialiasing (the field's standard; the default);
+    # box: each LR pixel is the mean of its scale x scale HR block (area downsampling; nothing
+    # crosses a block, which leak-free benchmarks need); realesrgan: the second-order model.
+    kind: Literal["bicubic", "box", "realesrgan"] = "bicubic"
     realesrgan: RealESRGANConfig = field(default_factory=RealESRGANConfig)
 
 
@@ -305,6 +361,8 @@ def make_lr(
     record: dict[str, Any] = {"kind": cfg.kind, "seed": int(seed), "scale": scale}
     if cfg.kind == "bicubic":
         return imresize(hr, 1.0 / scale), record
+    if cfg.kind == "box":
+        return box_downsample(hr, scale), record
     if cfg.kind == "realesrgan":
         from clipsr import realesrgan
 

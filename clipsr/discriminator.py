@@ -89,11 +89,49 @@ class CLIPDiscriminator(nn.Module):
         return logits, self.text_head(h, mismatched_text)
 
 
+def mismatched_rows(text: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """For each row ``i`` of the sentence embeddings (B, D), the row of a *different* caption.
+
+    As the reference, row ``i - 1`` (the batch rolled by one); when that caption equals caption
+    ``i`` (a repeated caption), the nearest earlier row (cyclically) whose caption differs, as
+    the evaluation's caption ablation does. Returns ``(index (B,), valid (B,) bool)``; ``valid``
+    is False where every caption of the batch equals caption ``i`` (a batch of one, or all
+    captions equal): there is no mismatched caption for that row, and its index is ``i``.
+    """
+    n = text.shape[0]
+    rows = torch.arange(n, device=text.device)
+    if n < 2:
+        return rows, torch.zeros(n, dtype=torch.bool, device=text.device)
+    offsets = torch.arange(1, n, device=text.device)
+    candidates = (rows[:, None] - offsets[None, :]) % n  # (B, B-1): i-1, i-2, ... cyclically
+    flat = text.detach().flatten(1)
+    differs = (flat[candidates] != flat[:, None]).any(dim=-1)  # (B, B-1)
+    valid = differs.any(dim=1)
+    first = differs.int().argmax(dim=1)  # the first differing candidate (0 when none)
+    index = torch.where(valid, candidates.gather(1, first[:, None]).squeeze(1), rows)
+    return index, valid
+
+
+def mismatch_hinge(mismatched: torch.Tensor, valid: torch.Tensor | None = None) -> torch.Tensor:
+    """mean(relu(1 + mismatched)) over the rows that have a mismatched caption (0 if none)."""
+    term = F.relu(1 + mismatched)
+    if valid is None:
+        return term.mean()
+    return (term * valid.to(term.dtype)).sum() / valid.sum().clamp(min=1)
+
+
 def discriminator_hinge_loss(
-    real: torch.Tensor, fake: torch.Tensor, mismatched: torch.Tensor
+    real: torch.Tensor,
+    fake: torch.Tensor,
+    mismatched: torch.Tensor,
+    valid: torch.Tensor | None = None,
 ) -> torch.Tensor:
-    """Matching-aware hinge: relu(1 - real) + (relu(1 + fake) + relu(1 + mismatched)) / 2."""
-    return F.relu(1 - real).mean() + 0.5 * (F.relu(1 + fake).mean() + F.relu(1 + mismatched).mean())
+    """Matching-aware hinge: relu(1 - real) + (relu(1 + fake) + relu(1 + mismatched)) / 2.
+
+    ``valid`` (from :func:`mismatched_rows`) leaves out of the mismatch term the rows that have
+    no mismatched caption (their "mismatched" caption would be the true one)."""
+    mis = mismatch_hinge(mismatched, valid)
+    return F.relu(1 - real).mean() + 0.5 * (F.relu(1 + fake).mean() + mis)
 
 
 def generator_adversarial_loss(fake: torch.Tensor) -> torch.Tensor:

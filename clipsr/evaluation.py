@@ -26,6 +26,7 @@ import numpy as np
 import torch
 from PIL import Image
 
+from clipsr.adherence import CaptionAttributes, ShapeAttributes, adherence_counts
 from clipsr.inference import SuperResolver
 from clipsr.metrics import LPIPS, bicubic_upscale, clip_score, psnr, ssim, tensor_to_uint8
 
@@ -53,6 +54,17 @@ SAMPLE_METRICS = (
     "ssim_caption_empty",
 )
 LPIPS_METRICS = ("lpips", "lpips_bicubic")
+# Prompt adherence (sets whose manifest declares attributes; see clipsr.adherence): objects
+# drawn as the caption's shape / as a swapped-in shape, chance, PSNR with the shape word
+# swapped (mean over the other shapes) and the shape-only text gain.
+ADHERENCE_METRICS = (
+    "adherence",
+    "edit_success",
+    "adherence_chance",
+    "adherence_samples",
+    "psnr_shape_swapped",
+    "text_gain_shape_psnr",
+)
 
 
 @dataclass(frozen=True)
@@ -133,9 +145,11 @@ def evaluate_batch(
     crop_border: int,
     grid_rows: int = 0,
     lpips: LPIPS | None = None,
+    attributes: ShapeAttributes | None = None,
 ) -> list[dict[str, Any]]:
     """Rows (index, key, captions, per-sample metrics; ``images`` (base64 PNGs of
-    :data:`GRID_IMAGES`) when index < ``grid_rows``) of one batch of :func:`iter_eval_batches`."""
+    :data:`GRID_IMAGES`, and ``swapped:<shape>`` with ``attributes``) when index < ``grid_rows``)
+    of one batch of :func:`iter_eval_batches`."""
     captions, n = batch["captions"], len(batch["captions"])
     if len(mismatched) != n:
         raise ValueError(f"{n} samples but {len(mismatched)} mismatched captions")
@@ -149,6 +163,7 @@ def evaluate_batch(
     hr8, lr8 = tensor_to_uint8(hr), tensor_to_uint8(lr)
     sr8, mis8, empty8 = (tensor_to_uint8(x) for x in (sr, sr_mis, sr_empty))
     bic8 = np.stack([bicubic_upscale(x, int(batch["scale"])) for x in lr8])
+    swaps = _shape_swaps(resolver, lr, captions, attributes) if attributes is not None else {}
     if lpips is not None:
         dev = next(lpips.parameters()).device
         hr_t = hr.to(dev)
@@ -178,13 +193,60 @@ def evaluate_batch(
         }
         if lpips is not None:
             row["lpips"], row["lpips_bicubic"] = float(lp[i]), float(lp_bic[i])
+        swapped = swaps.get(i)
+        if swapped is not None:
+            parsed, images = swapped
+            counts = adherence_counts(attributes, parsed, h, sr8[i], images)
+            swapped_psnr = [_psnr(a, h, c, False) for a in images.values()]
+            row.update(counts)
+            row["psnr_shape_swapped"] = math.fsum(swapped_psnr) / len(swapped_psnr)
         if start + i < grid_rows:
             size = (h.shape[1], h.shape[0])
             near = np.asarray(Image.fromarray(lr8[i]).resize(size, Image.Resampling.NEAREST))
             images = (near, bic8[i], sr8[i], mis8[i], h)
             row["images"] = {k: _png(a) for k, a in zip(GRID_IMAGES, images, strict=True)}
+            if swapped is not None:
+                row["images"] |= {f"swapped:{k}": _png(a) for k, a in swapped[1].items()}
+                row["zoom_box"] = _zoom_box(attributes, swapped[0], h)
         rows.append(row)
     return rows
+
+
+def _zoom_box(attributes: ShapeAttributes, parsed: CaptionAttributes, hr: np.ndarray) -> list:
+    """[x0, y0, x1, y1]: 2 x 2 cells from the first object (kept inside the image), for zoomed
+    crops in the report."""
+    occupied = attributes.occupied(hr, parsed.background)
+    rows, cols = occupied.shape
+    r, c = (int(v[0]) for v in np.nonzero(occupied)) if occupied.any() else (0, 0)
+    r, c = min(r, max(rows - 2, 0)), min(c, max(cols - 2, 0))
+    size = attributes.cell * min(2, rows, cols)
+    y0, x0 = r * attributes.cell, c * attributes.cell
+    return [x0, y0, x0 + size, y0 + size]
+
+
+def _shape_swaps(
+    resolver: SuperResolver, lr: torch.Tensor, captions: list[str], attributes: ShapeAttributes
+) -> dict[int, tuple[CaptionAttributes, dict[str, np.ndarray]]]:
+    """For each sample whose caption follows the declared pattern: its attributes and the SR
+    (uint8) with only the shape word swapped to each other shape, in the declared order."""
+    parsed = {i: attributes.parse(c) for i, c in enumerate(captions)}
+    parsed = {i: p for i, p in parsed.items() if p is not None}
+    out = {i: (p, {}) for i, p in parsed.items()}
+    if not parsed:
+        return out
+    index = sorted(parsed)
+    for shape in attributes.shapes:
+        todo = [i for i in index if parsed[i].shape != shape]
+        if not todo:
+            continue
+        swapped = [
+            attributes.caption(CaptionAttributes(shape, parsed[i].colour, parsed[i].background))
+            for i in todo
+        ]
+        images = tensor_to_uint8(resolver.upscale_tensor(lr[todo], swapped))
+        for i, image in zip(todo, images, strict=True):
+            out[i][1][shape] = image
+    return out
 
 
 def evaluate_unit(
@@ -196,6 +258,7 @@ def evaluate_unit(
     crop_border: int,
     grid_rows: int = 0,
     lpips: LPIPS | None = None,
+    attributes: ShapeAttributes | None = None,
 ) -> list[dict[str, Any]]:
     """Rows of the unit's samples, in batches of ``batch_size`` from its first sample."""
     if len(mismatched) != unit.count:
@@ -206,7 +269,9 @@ def evaluate_unit(
         done = len(rows)
         wrong = mismatched[done : done + len(batch["keys"])]
         start = unit.start + done
-        rows += evaluate_batch(resolver, batch, wrong, start, crop_border, grid_rows, lpips)
+        rows += evaluate_batch(
+            resolver, batch, wrong, start, crop_border, grid_rows, lpips, attributes
+        )
     if len(rows) != unit.count:
         raise ValueError(f"{unit.url}: the manifest lists {unit.count} samples, read {len(rows)}")
     return rows
@@ -229,7 +294,29 @@ def aggregate(rows: list[dict[str, Any]]) -> dict[str, float]:
         out[name] = _round(math.fsum(r[name] for r in rows) / len(rows))
     out["text_gain_psnr"] = _round(out["psnr"] - out["psnr_caption_mismatched"])
     out["text_gain_psnr_empty"] = _round(out["psnr"] - out["psnr_caption_empty"])
+    out.update(_aggregate_adherence(rows))
     return dict(sorted(out.items()))
+
+
+def _aggregate_adherence(rows: list[dict[str, Any]]) -> dict[str, float]:
+    """Object-weighted adherence and edit success over the samples that have them, their PSNR
+    with the shape word swapped, and the shape-only gain (their own true-caption PSNR minus it)."""
+    scored = [r for r in rows if "objects" in r]
+    if not scored:
+        return {}
+    objects = sum(r["objects"] for r in scored)
+    edits = sum(r["edit_objects"] for r in scored)
+    shapes = max(len(r["verdicts"]) for r in scored)  # the true shape + each swapped one
+    true_psnr = _round(math.fsum(r["psnr"] for r in scored) / len(scored))
+    swapped = _round(math.fsum(r["psnr_shape_swapped"] for r in scored) / len(scored))
+    return {
+        "adherence": _round(sum(r["adherent"] for r in scored) / max(objects, 1)),
+        "edit_success": _round(sum(r["edit_hits"] for r in scored) / max(edits, 1)),
+        "adherence_chance": _round(1.0 / shapes),
+        "adherence_samples": float(len(scored)),
+        "psnr_shape_swapped": swapped,
+        "text_gain_shape_psnr": _round(true_psnr - swapped),
+    }
 
 
 def rounded_row(row: dict[str, Any]) -> dict[str, Any]:

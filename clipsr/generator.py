@@ -69,7 +69,20 @@ def _grid_conv(in_ch: int, out_ch: int, size: int, grid: tuple[int, int]) -> nn.
 
 
 class ClipFusionPath(nn.Module):
-    """TIFBlock(F_I, F_T) -> CLIP-ViT with predicted prompts -> F_U (at F_I's size)."""
+    """TIFBlock(F_I, F_T) -> CLIP-ViT with predicted prompts -> F_U (at F_I's size).
+
+    Two differences from the reference's live-branch variant (``no_clip.py``), both only in the
+    ``paper`` wiring (in ``release`` this path does not run):
+
+    - the image-fusion block applies the paper's TIFBlock order, modulation before convolution:
+      [Affine(512) -> LReLU -> Affine(512) -> LReLU -> conv 512->32] -> [Affine(32) -> ... ->
+      conv 32->512], plus the identity shortcut; the reference's ``TBlocks`` (GALIP's M_Block)
+      convolves first: conv 512->32 -> DFBLK(32) -> conv 32->512 -> DFBLK(512). The parameters
+      have the same shapes (a converted checkpoint places them by shape), the function differs.
+    - F_U (7x7 for ViT-B/32) is resized to F_I's 8x8 by ``model.generator.clip_output_resize``:
+      bilinear by default, where the reference's first refinement stage resizes by nearest
+      (``clip_output_resize: nearest`` reproduces it).
+    """
 
     def __init__(self, cfg: ModelConfig, text_dim: int, vit_width: int, grid_size: tuple[int, int]):
         super().__init__()
@@ -77,6 +90,7 @@ class ClipFusionPath(nn.Module):
         c4 = g.encoder_channels[3]
         self.prompt_blocks = list(g.prompt_blocks)
         self.residual_scale = g.clip_residual_scale
+        self.output_resize = g.clip_output_resize
         self.image_fusion = FusionResBlock(c4, c4, text_dim, g.fusion_mid_channels, g.text_softmax)
         self.prompt_predictor = PromptPredictor(text_dim, len(self.prompt_blocks), vit_width)
         self.to_vit = _grid_conv(c4, vit_width, cfg.lr_size * g.lr_pre_upsample // 8, grid_size)
@@ -95,7 +109,8 @@ class ClipFusionPath(nn.Module):
         vit = clip.run_trunk(fused, self.prompt_predictor(text), self.prompt_blocks)
         f_u = self.from_vit(fused + self.residual_scale * vit)
         if tuple(f_u.shape[-2:]) != tuple(size):
-            f_u = F.interpolate(f_u, size=size, mode="bilinear", align_corners=False)
+            extra = {} if self.output_resize == "nearest" else {"align_corners": False}
+            f_u = F.interpolate(f_u, size=size, mode=self.output_resize, **extra)
         return f_u
 
 
@@ -130,9 +145,23 @@ class IterativeRefinement(nn.Module):
 
 
 class ReconstructionHead(nn.Module):
-    """G: body refinement + global LR skip, then pixel-shuffle x2 stages and a conv to RGB."""
+    """G: body refinement + global LR skip, then pixel-shuffle x2 stages and a conv to RGB.
 
-    def __init__(self, body_ch: int, head_ch: int, upscale: int):
+    ``text_stages`` > 0 (an extension, not in the paper or the reference) adds a residual
+    text-image fusion block after each of the first ``text_stages`` pixel-shuffle stages:
+    channel-wise modulation where every sub-pixel position has its own features, so the caption
+    can shape what is drawn inside an LR pixel (at LR resolution it can only scale whole pixels).
+    """
+
+    def __init__(
+        self,
+        body_ch: int,
+        head_ch: int,
+        upscale: int,
+        text_dim: int = 0,
+        text_stages: int = 0,
+        text_softmax: bool = False,
+    ):
         super().__init__()
         self.lr_skip = nn.Conv2d(3, body_ch, 3, 1, 1)
         self.body = nn.Sequential(
@@ -146,6 +175,11 @@ class ReconstructionHead(nn.Module):
             nn.Conv2d(body_ch, head_ch, 3, 1, 1), nn.LeakyReLU(0.01)
         )
         steps = int(math.log2(upscale))
+        if not 0 <= text_stages <= steps:
+            raise ValueError(
+                f"model.generator.head_text_stages: {text_stages} is not in 0..{steps} "
+                f"(the head has {steps} pixel-shuffle stages)"
+            )
         self.upsample = nn.Sequential(
             *[
                 layer
@@ -153,11 +187,28 @@ class ReconstructionHead(nn.Module):
                 for layer in (nn.Conv2d(head_ch, 4 * head_ch, 3, 1, 1), nn.PixelShuffle(2))
             ]
         )
+        self.text_fusion = (
+            nn.ModuleList(
+                TextImageFusionBlock(head_ch, head_ch, text_dim, text_softmax)
+                for _ in range(text_stages)
+            )
+            if text_stages
+            else None
+        )
         self.to_rgb = nn.Conv2d(head_ch, 3, 3, 1, 1)
 
-    def forward(self, body: torch.Tensor, lr: torch.Tensor) -> torch.Tensor:
-        x = self.body(body) + self.lr_skip(lr)
-        return self.to_rgb(self.upsample(self.before_upsample(x)))
+    def forward(
+        self, body: torch.Tensor, lr: torch.Tensor, text: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        x = self.before_upsample(self.body(body) + self.lr_skip(lr))
+        if self.text_fusion is None:
+            return self.to_rgb(self.upsample(x))
+        for i, layer in enumerate(self.upsample):
+            x = layer(x)
+            stage = i // 2
+            if i % 2 and stage < len(self.text_fusion):
+                x = x + self.text_fusion[stage](x, text)
+        return self.to_rgb(x)
 
 
 class CLIPSRGenerator(nn.Module):
@@ -171,9 +222,16 @@ class CLIPSRGenerator(nn.Module):
         self.lr_pre_upsample = g.lr_pre_upsample
         self.image_encoder = ImageEncoder(g.encoder_channels)
         self.clip_fusion = ClipFusionPath(cfg, text_dim, vit_width, grid_size)
+        if self.wiring == "release":  # kept for its keys, never run: frozen, so that DDP does
+            self.clip_fusion.requires_grad_(False)  # not wait for gradients it never gets
         self.refinement = IterativeRefinement(cfg, text_dim)
         self.head = ReconstructionHead(
-            g.encoder_channels[0], g.head_channels, cfg.scale // g.lr_pre_upsample
+            g.encoder_channels[0],
+            g.head_channels,
+            cfg.scale // g.lr_pre_upsample,
+            text_dim,
+            g.head_text_stages,
+            g.text_softmax,
         )
         self.lr_residual = g.lr_residual
         if self.lr_residual != "none":  # start from the interpolated LR exactly
@@ -206,7 +264,7 @@ class CLIPSRGenerator(nn.Module):
         else:  # release: the reference's GBlock(R4, c); the CLIP branch has no effect
             start = r4
         body = self.refinement(start, [r4, r3, r2, r1], text)
-        out = self.head(body, x)
+        out = self.head(body, x, text)
         if self.lr_residual != "none":
             out = out + F.interpolate(
                 lr, size=out.shape[-2:], mode=self.lr_residual, align_corners=False

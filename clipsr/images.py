@@ -74,7 +74,8 @@ def decode_image(data: bytes, max_pixels: int = 89_478_485, min_size: int = 64) 
     except Image.DecompressionBombError as exc:
         raise ImageRejected("too_large", str(exc)) from None
     except Exception as exc:  # UnidentifiedImageError, SyntaxError, struct.error, ...
-        raise ImageRejected("not_an_image", f"{type(exc).__name__}: {exc}") from None
+        message = str(exc).split(" <_io.")[0]  # no object address: the same text every run
+        raise ImageRejected("not_an_image", f"{type(exc).__name__}: {message}") from None
     width, height = img.size
     if width * height > max_pixels:
         raise ImageRejected("too_large", f"{width}x{height} exceeds {max_pixels} pixels")
@@ -159,13 +160,23 @@ def prepare_hr(
     return np.ascontiguousarray(out), record
 
 
-def encode_image(img: np.ndarray, fmt: Literal["png", "jpg", "webp"], quality: int = 95) -> bytes:
-    """Encode an HxWx3 uint8 RGB array; same array -> same bytes (cv2, no metadata)."""
+def encode_image(
+    img: np.ndarray,
+    fmt: Literal["png", "jpg", "webp"],
+    quality: int = 95,
+    png_level: int = 6,
+) -> bytes:
+    """Encode an HxWx3 uint8 RGB array; same array -> same bytes (cv2, no metadata).
+
+    ``quality`` is for jpg/webp; ``png_level`` is PNG's zlib level, 0 (store) to 9 (smallest,
+    slowest); PNG is lossless at every level."""
     img = np.asarray(img)
     if img.dtype != np.uint8 or img.ndim != 3 or img.shape[2] != 3:
         raise ValueError(f"img must be an HxWx3 uint8 array, got {img.dtype} {img.shape}")
     if fmt == "png":
-        params = [cv2.IMWRITE_PNG_COMPRESSION, 6]
+        if not 0 <= png_level <= 9:
+            raise ValueError(f"png_level must be 0..9, got {png_level}")
+        params = [cv2.IMWRITE_PNG_COMPRESSION, int(png_level)]
     elif fmt == "jpg":
         params = [cv2.IMWRITE_JPEG_QUALITY, int(quality)]
     elif fmt == "webp":

@@ -81,7 +81,8 @@ class SuperResolver:
             if ("clip" in manifest["parts"])
             else None
         )
-        clip = ClipBackbone(cfg.model.clip, state_dict=clip_state)
+        origin = str(manifest.get("clip_weights") or "checkpoint")
+        clip = ClipBackbone(cfg.model.clip, state_dict=clip_state, origin=origin)
         generator = CLIPSRGenerator(cfg.model, clip.embed_dim, clip.width, clip.grid_size)
         state = load_part(directory, "generator", manifest=manifest)
         try:
@@ -130,20 +131,55 @@ class SuperResolver:
         return [tensor_to_image(x) for x in sr], [float(s) for s in scores]
 
 
+def _wrap(text: str, width: int) -> list[str]:
+    """``text`` in lines of at most ``width`` characters (words kept whole where they fit)."""
+    lines: list[str] = []
+    for word in text.split():
+        while len(word) > width:  # a word longer than a line is cut
+            lines.append(word[:width])
+            word = word[width:]
+        if lines and len(lines[-1]) + 1 + len(word) <= width:
+            lines[-1] += " " + word
+        else:
+            lines.append(word)
+    return lines or [""]
+
+
 def prompt_grid(
-    lr: Image.Image, results: list[Image.Image], prompts: list[str], scores: list[float]
+    lr: Image.Image,
+    results: list[Image.Image],
+    prompts: list[str],
+    scores: list[float],
+    hr: Image.Image | None = None,
+    verdicts: list[str | None] | None = None,
+    clip_label: str = "",
 ) -> Image.Image:
-    """Side by side: the LR (nearest-upscaled) then one SR per prompt, each labelled with its
-    prompt and CLIP-score."""
+    """Side by side: the LR (nearest-upscaled), one SR per prompt, and the HR when given. Under
+    each SR its full prompt (wrapped), its CLIP-score and, when given, a verdict (e.g. the shape
+    the adherence classifier sees); ``clip_label`` (which CLIP scored) under the LR."""
     w, h = results[0].size
-    label_h = 36
-    grid = Image.new("RGB", (w * (len(results) + 1), h + label_h), "white")
-    grid.paste(lr.convert("RGB").resize((w, h), Image.Resampling.NEAREST), (0, 0))
+    scale_up = max(1, 256 // w)  # small images are shown at least 256 px wide, pixels kept
+    cw, ch = w * scale_up, h * scale_up
+    chars = max(12, cw // 7)
+    texts = [_wrap(p or "(empty prompt)", chars) for p in prompts]
+    extra = 2 if verdicts else 1
+    rows = max(len(t) for t in texts) + extra
+    label_h = 6 + 14 * max(rows, 3 + len(_wrap(clip_label, chars)))
+    columns = len(results) + 1 + (hr is not None)
+    grid = Image.new("RGB", (cw * columns, ch + label_h), "white")
     draw = ImageDraw.Draw(grid)
-    draw.text((4, h + 4), "LR input", fill="black")
-    for k, (img, prompt, score) in enumerate(zip(results, prompts, scores), start=1):
-        grid.paste(img, (k * w, 0))
-        text = prompt if len(prompt) <= w // 6 else prompt[: w // 6 - 1] + "…"
-        draw.text((k * w + 4, h + 4), text or "(empty prompt)", fill="black")
-        draw.text((k * w + 4, h + 20), f"CLIP-score {score:.1f}", fill="black")
+
+    def put(k: int, image: Image.Image, lines: list[str]) -> None:
+        grid.paste(image.convert("RGB").resize((cw, ch), Image.Resampling.NEAREST), (k * cw, 0))
+        for j, line in enumerate(lines):
+            draw.text((k * cw + 4, ch + 4 + 14 * j), line, fill="black")
+
+    put(0, lr, ["LR input (nearest)", *_wrap(clip_label, chars)])
+    for k, (img, text, score) in enumerate(zip(results, texts, scores), start=1):
+        lines = [*text, f"CLIP-score {score:.1f}"]
+        if verdicts:
+            lines.append(f"drawn: {verdicts[k - 1] or 'no shape'}")
+        put(k, img, lines)
+    if hr is not None:
+        put(columns - 1, hr, ["HR (ground truth)"])
     return grid

@@ -124,6 +124,7 @@ def _kernel_sizes(cfg: RealESRGANConfig) -> list[int]:
 def _sample_blur(
     rng: np.random.Generator,
     cfg: RealESRGANConfig,
+    kinds: list[str],
     probs: list[float],
     sigma: list[float],
     betag: list[float],
@@ -136,7 +137,7 @@ def _sample_blur(
     if rng.random() < sinc_prob:
         low = math.pi / 3 if size < 13 else math.pi / 5
         return {"type": "sinc", "size": size, "omega_c": float(rng.uniform(low, math.pi))}
-    kind = cfg.kernel_list[_choice(rng, probs)]
+    kind = kinds[_choice(rng, probs)]
     sigma_x = float(rng.uniform(*sigma))
     sigma_y, angle = sigma_x, 0.0
     if not (kind == "iso" or kind.endswith("_iso")):
@@ -198,7 +199,14 @@ def sample_plan(
     target = (hr_hw[0] // scale, hr_hw[1] // scale)
     stage1 = {
         "blur": _sample_blur(
-            rng, c, c.kernel_prob, c.blur_sigma, c.betag_range, c.betap_range, c.sinc_prob
+            rng,
+            c,
+            c.kernel_list,
+            c.kernel_prob,
+            c.blur_sigma,
+            c.betag_range,
+            c.betap_range,
+            c.sinc_prob,
         ),
         "resize": _sample_resize(rng, c.resize_prob, c.resize_range, hr_hw),
         "noise": _sample_noise(
@@ -209,7 +217,14 @@ def sample_plan(
     blur2 = None
     if rng.random() < c.second_blur_prob:
         blur2 = _sample_blur(
-            rng, c, c.kernel_prob2, c.blur_sigma2, c.betag_range2, c.betap_range2, c.sinc_prob2
+            rng,
+            c,
+            c.kernel_list2,
+            c.kernel_prob2,
+            c.blur_sigma2,
+            c.betag_range2,
+            c.betap_range2,
+            c.sinc_prob2,
         )
     stage2 = {
         "blur": blur2,

@@ -48,6 +48,15 @@ def load_optimizer(opt: torch.optim.Optimizer, tensors: dict[str, torch.Tensor],
         idx, name = key.split(".", 1)
         state.setdefault(int(idx), {})[name] = value
     opt.load_state_dict({"state": state, "param_groups": meta["param_groups"]})
+    for group in opt.param_groups:  # moments in their parameter's memory layout (channels_last)
+        for p in group["params"]:
+            for name, value in opt.state.get(p, {}).items():
+                if (
+                    torch.is_tensor(value)
+                    and value.shape == p.shape
+                    and value.stride() != p.stride()
+                ):
+                    opt.state[p][name] = torch.empty_like(p, dtype=value.dtype).copy_(value)
 
 
 def _rng_state() -> tuple[dict[str, torch.Tensor], dict]:

@@ -12,7 +12,7 @@ starts over.
 
 from __future__ import annotations
 
-import argparse
+import contextlib
 import hashlib
 import json
 import logging
@@ -20,7 +20,6 @@ import os
 import shutil
 import sys
 import time
-import warnings
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -28,13 +27,22 @@ from typing import Any
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-from clipsr.config_loader import ConfigError, to_dict
+from jobs import console
 from jobs.demo_config import ROOT, DemoConfig, DemoModelConfig, load_demo_config
-from jobs.demo_summary import MODELS, SUMMARY, checks, edited_prompts, format_summary
+from jobs.demo_summary import (
+    MODELS,
+    SUMMARY,
+    checks,
+    edited_prompts,
+    format_summary,
+    stage_details,
+    stage_line,
+)
 from jobs.ray_setup import train_runtime_env
 
 log = logging.getLogger("clipsr.demo")
 STATE = "demo_state.json"
+PROG = "clipsr demo"
 
 
 def _path(path: str) -> str:
@@ -58,18 +66,24 @@ class Stages:
         self.times: dict[str, float] = {}
 
     def run(self, name: str, fingerprint: str, fn: Callable[[], dict]) -> dict:
+        """Run (or reuse) a stage; print its line (and table: jobs/demo_summary.py)."""
         done = self.state.get(name)
         if done and done.get("fingerprint") == fingerprint:
-            log.info("stage %s: reusing the finished result (%s)", name, self.path)
             self.times[name] = 0.0
+            self._show(name, done["result"], "reused")
             return done["result"]
-        log.info("stage %s: running", name)
         start = time.perf_counter()
         result = fn()
         self.times[name] = time.perf_counter() - start
         self.state[name] = {"fingerprint": fingerprint, "result": result}
         self.path.write_text(json.dumps(self.state, indent=2, sort_keys=True))
+        self._show(name, result, f"{self.times[name]:.0f} s")
         return result
+
+    @staticmethod
+    def _show(name: str, result: dict, when: str) -> None:
+        details = stage_details(name, result)
+        print(f"stage {name}: {stage_line(name, result)} ({when}){details}", flush=True)
 
 
 class Demo:
@@ -95,10 +109,17 @@ class Demo:
         from pipelines.storage import StorageOptions
 
         opts = StorageOptions(endpoint_url=self.cfg.endpoint_url)
+        from jobs.pretrain_clip_config import load_pretrain_clip_config
+
+        names = []
         for corpus in MODELS:
-            name = load_train_config(_path(getattr(self.cfg, corpus).train_config)).run.name
+            model = getattr(self.cfg, corpus)
+            names.append(load_train_config(_path(model.train_config)).run.name)
+            if model.clip_config:
+                names.append(load_pretrain_clip_config(_path(model.clip_config)).run.name)
+        for name in names:
             run_dir = self._join("runs", name)
-            log.info("fresh: deleting the training run %s", run_dir)
+            log.debug("fresh: deleting the training run %s", run_dir)
             if not storage.is_remote(run_dir):
                 shutil.rmtree(run_dir, ignore_errors=True)
                 continue
@@ -120,12 +141,12 @@ class Demo:
             ),
         }
 
-    def preprocess(self, corpus: str) -> dict:
+    def preprocess(self, corpus: str, model: DemoModelConfig) -> dict:
         from pipelines.preprocess import run_preprocess
         from pipelines.preprocess_config import load_preprocess_config
 
         pcfg = load_preprocess_config(
-            _path(self.cfg.preprocess_config),
+            _path(model.preprocess_config),
             [
                 f"source.path={self.workdir / 'corpus' / corpus}",
                 f"output={self._join('shards', corpus)}",
@@ -136,12 +157,36 @@ class Demo:
         summary = run_preprocess(pcfg, progress=True)
         return {
             "shards": pcfg.output,
-            "written": summary.written,
+            "written": summary.total_written,
             "rejected": summary.rejected,
         }
 
-    def train(self, corpus: str, model: DemoModelConfig, shards: str) -> dict:
-        from jobs.train import run_train
+    def pretrain_clip(self, model: DemoModelConfig, shards: str) -> dict:
+        """The corpus's domain CLIP (clipsr pretrain-clip), for the model's CLIP."""
+        from jobs.pretrain_clip import run_pretrain_clip
+        from jobs.pretrain_clip_config import load_pretrain_clip_config
+
+        overrides = [
+            f"data.shards={shards}",
+            f"data.endpoint_url={self.cfg.endpoint_url}",
+            f"run.storage_path={self._join('runs')}",
+            f"run.ray_address={self.cfg.ray_address}",
+            f"tracking.tracking_uri={self.tracking_uri}",
+        ]
+        if model.clip_steps:
+            overrides.append(f"run.steps={model.clip_steps}")
+        ccfg = load_pretrain_clip_config(_path(model.clip_config), overrides)
+        ccfg.output = str(self.workdir / "clip" / f"{ccfg.run.name}.safetensors")
+        result = run_pretrain_clip(ccfg)
+        return {
+            "weights": result.output,
+            "registered": result.registered,
+            "run_id": result.run_id,
+            "metrics": result.metrics,
+        }
+
+    def train(self, corpus: str, model: DemoModelConfig, shards: str, clip: dict) -> dict:
+        from jobs.train import configured_clip_weights, run_train
         from jobs.train_config import load_train_config
 
         overrides = [
@@ -154,18 +199,20 @@ class Demo:
         ]
         if model.steps:
             overrides.append(f"run.steps={model.steps}")
+        if clip:
+            overrides.append(f"model.clip.checkpoint={clip['weights']}")
         tcfg = load_train_config(_path(model.train_config), overrides)
         result = run_train(tcfg)
         if result.model_version is None:
             raise DemoStageFailed(f"training {corpus} registered no model version")
         return {
             "run_id": result.run_id,
+            "model_uri": result.model_uri,
+            "steps": int(result.metrics.get("step", 0)),
             "checkpoint": result.checkpoint,
             "registered_model": tcfg.tracking.registered_model,
             "version": result.model_version,
-            "clip_weights": tcfg.model.clip.pretrained
-            or tcfg.model.clip.checkpoint
-            or "none: a randomly initialised CLIP (no weights configured)",
+            "clip_weights": configured_clip_weights(tcfg.model.clip),
             "metrics": {k: v for k, v in result.metrics.items() if isinstance(v, (int, float))},
         }
 
@@ -185,7 +232,7 @@ class Demo:
                 f"limit={self.cfg.eval_limit}",
             ],
         )
-        result = run_evaluate(ecfg)
+        result = run_evaluate(ecfg, log=log.debug)  # the stage's line says it
         return {
             "model_uri": uri,
             "run_id": result.run_id,
@@ -195,7 +242,7 @@ class Demo:
         }
 
     def promote(self, model: DemoModelConfig, trained: dict) -> dict:
-        from jobs.promote import run_promote
+        from jobs.promote import format_gates, run_promote
         from jobs.promote_config import load_promote_config
 
         pcfg = load_promote_config(
@@ -208,13 +255,20 @@ class Demo:
             ],
         )
         result = run_promote(pcfg)
+        gates = format_gates(result.gates)
         if result.action not in ("promoted", "first_champion", "noop"):
+            print(gates, flush=True)  # the table that refused it
             reasons = "; ".join(result.reasons)
             raise DemoStageFailed(
                 f"promotion of {trained['registered_model']} version {trained['version']} was "
                 f"refused: {reasons} (gates: {model.promote_config})"
             )
-        return {"action": result.action, "alias": f"{trained['registered_model']}@champion"}
+        return {
+            "action": result.action,
+            "alias": f"{trained['registered_model']}@champion",
+            "version": trained["version"],
+            "gates": gates,
+        }
 
     def upscale(self, corpus: str, model: DemoModelConfig, trained: dict, shards: str) -> dict:
         from jobs.tracking import load_resolver
@@ -244,12 +298,14 @@ class Demo:
         manifest = read_dataset_manifest(shards, lambda u: storage.read_bytes(u, opts))
         urls = shard_urls(shards, "test", manifest)
         batch = next(iter_eval_batches(urls, resolver.scale, 1, limit=1, opener=_opener(opts)))
-        lr = tensor_to_image(batch["lr"][0])
+        lr, hr = tensor_to_image(batch["lr"][0]), tensor_to_image(batch["hr"][0])
         texts = edited_prompts(model.prompts, model.prompt_swaps, batch["captions"][0])
         results, scores = resolver.prompt_edit(lr, texts)
+        verdicts = _verdicts(manifest.get("attributes"), texts, results, hr)
         out.mkdir(parents=True, exist_ok=True)
         path = out / f"{corpus}_prompt_editing.png"
-        prompt_grid(lr, results, texts, scores).save(path)
+        label = f"CLIP: {resolver.clip.weights_source}"
+        prompt_grid(lr, results, texts, scores, hr, verdicts, label).save(path)
         return str(path)
 
     # -- the pipeline ---------------------------------------------------------------------
@@ -259,12 +315,21 @@ class Demo:
         model: DemoModelConfig = getattr(cfg, corpus)
         pre = st.run(
             f"preprocess {corpus}",
-            _fingerprint(counts, self.storage, _read(cfg.preprocess_config)),
-            lambda: self.preprocess(corpus),
+            _fingerprint(counts, self.storage, _read(model.preprocess_config)),
+            lambda: self.preprocess(corpus, model),
         )
         shards = pre["shards"]
-        train_fp = _fingerprint(pre, _read(model.train_config), model.steps, cfg.num_workers)
-        trained = st.run(f"train x{scale}", train_fp, lambda: self.train(corpus, model, shards))
+        clip: dict = {}
+        if model.clip_config:
+            clip = st.run(
+                f"pretrain-clip {corpus}",
+                _fingerprint(pre, _read(model.clip_config), model.clip_steps),
+                lambda: self.pretrain_clip(model, shards),
+            )
+        train_fp = _fingerprint(pre, clip, _read(model.train_config), model.steps, cfg.num_workers)
+        trained = st.run(
+            f"train x{scale}", train_fp, lambda: self.train(corpus, model, shards, clip)
+        )
         evaluated = st.run(
             f"evaluate x{scale}",
             _fingerprint(trained, cfg.eval_limit),
@@ -283,6 +348,7 @@ class Demo:
         return {
             "scale": scale,
             "preprocess": pre,
+            "clip": clip,
             "train": trained,
             "evaluate": evaluated,
             "promote": promoted,
@@ -299,6 +365,7 @@ class Demo:
             log_to_driver=True,
             runtime_env=train_runtime_env({"OMP_NUM_THREADS": "1"}, dashboard=False),
         )
+        console.ray_data_progress(ours=True)  # preprocess and upscale show their own bars
         st = self.stages
         corpora = st.run(
             "corpus",
@@ -315,6 +382,30 @@ class Demo:
         return results
 
 
+def _verdicts(attributes: dict | None, prompts: list[str], results: list, hr) -> list | None:
+    """The shape the adherence classifier sees in each result (majority over the objects), for
+    sets that declare attributes; None otherwise."""
+    import numpy as np
+
+    from clipsr.adherence import KIND, ShapeAttributes
+
+    if not attributes or attributes.get("kind") != KIND:
+        return None
+    attrs = ShapeAttributes.from_dict(attributes)
+    truth = np.asarray(hr)
+    out = []
+    for prompt, image in zip(prompts, results):
+        parsed = attrs.parse(prompt)
+        if parsed is None:
+            out.append(None)
+            continue
+        occupied = attrs.occupied(truth, parsed.background)
+        labels = attrs.classify(np.asarray(image), parsed.colour, parsed.background, occupied)
+        valid = labels[labels >= 0]
+        out.append(attrs.shapes[int(np.bincount(valid).argmax())] if valid.size else None)
+    return out
+
+
 def _read(path: str) -> str:
     return Path(_path(path)).read_text()
 
@@ -325,40 +416,47 @@ def _opener(opts):
     return lambda url: storage.open_read(url, opts)
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="clipsr demo", description=__doc__.split("\n\n")[0])
-    parser.add_argument("config", nargs="?", help="optional YAML (fields of jobs/demo_config.py)")
-    parser.add_argument("overrides", nargs="*", help="overrides such as workdir=/tmp/demo")
+def build_parser() -> console.Parser:
+    parser = console.Parser(prog=PROG, description=__doc__.split("\n\n")[0])
+    parser.add_optional_config(
+        "optional YAML (fields of jobs/demo_config.py)", "overrides such as workdir=/tmp/demo"
+    )
     parser.add_argument(
         "--check", action="store_true", help="exit 1 unless every check of the summary passed"
     )
-    args = parser.parse_args(argv)
-    if args.config and "=" in args.config:  # only overrides were given
-        args.overrides.insert(0, args.config)
-        args.config = None
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    try:
-        cfg = load_demo_config(args.config, args.overrides)
-    except (ConfigError, FileNotFoundError) as err:
-        print(f"clipsr demo: {err}", file=sys.stderr)
-        return 2
-    print(f"clipsr demo: {to_dict(cfg)}")
+    return parser
+
+
+@console.command(PROG)
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    cfg = load_demo_config(args.config, args.overrides)
+    workdir = Path(cfg.workdir).resolve()
+    print(
+        f"clipsr demo in {workdir} (storage {cfg.storage or workdir}; MLflow "
+        f"{cfg.tracking_uri or os.environ.get('MLFLOW_TRACKING_URI') or 'embedded'}; "
+        f"Ray {cfg.ray_address or os.environ.get('RAY_ADDRESS') or 'local'}); settings: "
+        "clipsr config show demo",
+        flush=True,
+    )
     from clipsr.checkpoint import CheckpointError
-    from clipsr.clip_backbone import RandomClipWeightsWarning
+    from jobs.console_noise import BUDGET, Transcript, measure
     from jobs.tracking import ModelNotFound, TrackingUnavailable
     from jobs.train import TrainingFailed
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("once", RandomClipWeightsWarning)
-        try:
+    transcript = Transcript() if args.check else contextlib.nullcontext()
+    try:
+        with transcript:
             results = Demo(cfg).run()
-        except (DemoStageFailed, TrainingFailed, TrackingUnavailable, ModelNotFound) as err:
-            print(f"clipsr demo: {err}\n(a rerun reuses the stages that finished)", file=sys.stderr)
-            return 1
-        except (ConfigError, CheckpointError, ValueError, FileNotFoundError) as err:
-            print(f"clipsr demo: {err}", file=sys.stderr)
-            return 2
-    print(format_summary(results, Path(cfg.workdir).resolve()))
+    except (DemoStageFailed, TrainingFailed, TrackingUnavailable, ModelNotFound) as err:
+        return console.fail(PROG, f"{err} (a rerun reuses the stages that finished)", 1)
+    except CheckpointError as err:
+        return console.fail(PROG, err, 2)
+    if args.check:  # the console itself is checked: quiet by default
+        noise = measure(transcript.text())
+        results["checks"][f"console: known library noise below {BUDGET:.0%}"] = noise.share < BUDGET
+        results["console_noise"] = noise.describe()
+    print(format_summary(results, workdir))
     if args.check and not all(results["checks"].values()):
         return 1
     return 0

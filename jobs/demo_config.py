@@ -12,6 +12,12 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @dataclass
 class DemoModelConfig:
+    # How this corpus is sharded (clipsr preprocess; source.path and output are set).
+    preprocess_config: str = ""
+    # A domain CLIP trained on this corpus first (clipsr pretrain-clip) and used as the model's
+    # CLIP ("" = none: the train config's CLIP); clip_steps 0 = that config's run.steps.
+    clip_config: str = ""
+    clip_steps: int = 0
     # The train config of this model (extends a tiny preset) and its training steps.
     train_config: str = ""
     steps: int = 0  # 0: the train config's run.steps
@@ -37,7 +43,6 @@ class DemoConfig:
     # Ray: "" = RAY_ADDRESS, else a local Ray on this machine.
     ray_address: str = ""
     num_workers: int = 2  # Ray Train workers per model
-    preprocess_config: str = "configs/demo/preprocess.yaml"
     # The generated shapes set: training and held-out images.
     shapes_train: int = 512
     shapes_test: int = 64
@@ -45,6 +50,7 @@ class DemoConfig:
     photo_stride: int = 64
     photos: DemoModelConfig = field(
         default_factory=lambda: DemoModelConfig(
+            preprocess_config="configs/demo/preprocess-photos.yaml",
             train_config="configs/demo/photos-x4.yaml",
             promote_config="configs/demo/promote-photos.yaml",
             prompts=["{caption}", "a black cat with yellow eyes", "a red sports car"],
@@ -52,7 +58,10 @@ class DemoConfig:
     )
     shapes: DemoModelConfig = field(
         default_factory=lambda: DemoModelConfig(
+            preprocess_config="configs/demo/preprocess-shapes.yaml",
+            clip_config="configs/demo/pretrain-clip-shapes.yaml",
             train_config="configs/demo/shapes-x16.yaml",
+            promote_config="configs/demo/promote-shapes.yaml",
             prompts=["{caption}"],
             prompt_swaps=["circles", "squares", "triangles", "crosses"],
         )
@@ -73,17 +82,17 @@ class DemoConfig:
             raise ConfigError("photo_stride >= 8 and eval_limit >= 0")
         for name in ("photos", "shapes"):
             model: DemoModelConfig = getattr(self, name)
-            for key in ("train_config", "promote_config"):
+            for key in ("preprocess_config", "clip_config", "train_config", "promote_config"):
                 path = getattr(model, key)
+                if key == "clip_config" and not path:
+                    continue
                 if not (ROOT / path).is_file() and not Path(path).is_file():
                     raise ConfigError(f"{name}.{key}: no such file {path}")
-            if model.steps < 0:
-                raise ConfigError(f"{name}.steps: must be >= 0")
-        if not (ROOT / self.preprocess_config).is_file():
-            raise ConfigError(f"preprocess_config: no such file {self.preprocess_config}")
+            if model.steps < 0 or model.clip_steps < 0:
+                raise ConfigError(f"{name}.steps/{name}.clip_steps: must be >= 0")
 
 
-def load_demo_config(path: str | Path | None, overrides: list[str] = ()) -> DemoConfig:
-    cfg = load_config(DemoConfig, path, overrides)
-    cfg.validate()
-    return cfg
+def load_demo_config(
+    path: str | Path | None, overrides: list[str] = (), validate: bool = True
+) -> DemoConfig:
+    return load_config(DemoConfig, path, overrides, validate)

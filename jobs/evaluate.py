@@ -12,39 +12,23 @@ local and in Ray mode alike. The MLflow contract is jobs/evaluation_record.py.
 
 from __future__ import annotations
 
-import argparse
 import dataclasses
 import functools
 import hashlib
 import json
-import os
 import shutil
 import sys
-import time
+from argparse import SUPPRESS
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from clipsr.config_loader import ConfigError, flatten, to_dict
+from jobs import console
 from jobs.evaluate_config import EvaluateConfig, load_evaluate_config
-from jobs.evaluation_record import (
-    KIND,
-    METRIC_NAMES,
-    TAG_KIND,
-    TAG_MANIFEST,
-    TAG_MODEL_NAME,
-    TAG_MODEL_URI,
-    TAG_MODEL_VERSION,
-    TAG_RESULT_SHA,
-    TAG_SPLIT,
-    VERSION_TAG_MANIFEST,
-    VERSION_TAG_RUN,
-    metric_key,
-)
 
+PROG = "clipsr evaluate"
 JSON_NAME = "evaluation.json"
 FORMAT = 1
-ARTIFACT_DIR = "evaluation"
 
 
 @dataclass
@@ -58,37 +42,8 @@ class EvaluateResult:
     manifest_sha256: str
     samples: int = 0
     mode: str = "local"
-
-
-def resolve_registered(model_uri: str, tracking_uri: str) -> tuple[str | None, str | None]:
-    """(name, version) of a ``models:/NAME@ALIAS`` or ``models:/NAME/VERSION`` URI (checked to
-    exist); (None, None) for other URIs. Raises ModelNotFound."""
-    from jobs.tracking import ModelNotFound
-
-    if not model_uri.startswith("models:/"):
-        return None, None
-    import mlflow
-    from mlflow.exceptions import MlflowException
-
-    path = model_uri.removeprefix("models:/").strip("/")
-    client = mlflow.MlflowClient(tracking_uri, registry_uri=tracking_uri)
-    try:
-        if "@" in path:
-            name, alias = path.rsplit("@", 1)
-            return name, str(client.get_model_version_by_alias(name, alias).version)
-        name, _, ref = path.partition("/")
-        if ref.isdigit():
-            return name, str(client.get_model_version(name, ref).version)
-        if ref == "latest":
-            versions = client.search_model_versions(f"name = '{name}'")
-            if versions:
-                return name, str(max(int(v.version) for v in versions))
-    except MlflowException as err:
-        msg = f"cannot find model {model_uri} at {tracking_uri}: {err.message}"
-        raise ModelNotFound(msg) from None
-    raise ModelNotFound(
-        f"{model_uri}: name a version or an alias (models:/NAME/VERSION, models:/NAME@ALIAS)"
-    )
+    tracking_uri: str = ""
+    experiment_id: str = ""
 
 
 def _shards(cfg: EvaluateConfig, scale: int) -> tuple[dict, list[tuple[str, int]]]:
@@ -149,11 +104,14 @@ def _evaluate(cfg: EvaluateConfig, units: list, spec: Any, resolver: Any, mode: 
     from clipsr.evaluation import mismatched_captions, read_captions
 
     if mode == "ray":
+        from jobs import console
         from pipelines.batch_evaluate import evaluate_ray, read_captions_ray
+
+        console.ray_data_progress(ours=False)  # Ray Data's global bar is this job's display
 
         captions = read_captions_ray(units, cfg.endpoint_url, cfg.ray_address)
         wrong = mismatched_captions(captions)
-        return evaluate_ray(units, wrong, spec, cfg.num_actors, cfg.ray_address)
+        return evaluate_ray(units, wrong, spec, cfg.concurrency, cfg.ray_address)
     import torch
 
     from pipelines.batch_evaluate import UnitEvaluator, opener_for
@@ -175,9 +133,10 @@ def build_document(
     """The content of evaluation.json: ``model`` (uri, name, version, scale), the shard set,
     settings, the means per scale (``metrics["x4"]``) and the rounded rows (``per_sample``)."""
     from clipsr.evaluation import aggregate, rounded_row
+    from jobs.evaluation_record import metric_names
 
     by_name = aggregate(rows)
-    unknown = set(by_name) - set(METRIC_NAMES)
+    unknown = set(by_name) - set(metric_names())
     if unknown:
         raise RuntimeError(f"metric names outside the evaluation record: {sorted(unknown)}")
     scale = f"x{model['scale']}"
@@ -193,7 +152,9 @@ def build_document(
     }
 
 
-def _write_outputs(out: Path, doc: dict, rows: list[dict], scale: int) -> tuple[Path, Path]:
+def _write_outputs(
+    out: Path, doc: dict, rows: list[dict], scale: int, run: dict | None
+) -> tuple[Path, Path]:
     from jobs.eval_report import IMAGES_DIR, write_report
 
     out.mkdir(parents=True, exist_ok=True)
@@ -201,57 +162,41 @@ def _write_outputs(out: Path, doc: dict, rows: list[dict], scale: int) -> tuple[
     json_path = out / JSON_NAME
     json_path.write_bytes((json.dumps(doc, sort_keys=True, indent=1) + "\n").encode("utf-8"))
     grid = {scale: [r for r in rows if "images" in r]}
-    return json_path, write_report(out, doc, grid)
-
-
-def _start_run(client: Any, cfg: EvaluateConfig, tracking_uri: str, tags: dict) -> str:
-    from jobs.tracking import resolve_tracking_uri
-
-    exp = client.get_experiment_by_name(cfg.experiment)
-    if exp is None:
-        location = resolve_tracking_uri(tracking_uri, cfg.out)[1]
-        exp_id = client.create_experiment(cfg.experiment, location)
-    else:
-        exp_id = exp.experiment_id
-    name = tags.get(TAG_MODEL_NAME)
-    label = f"{name}-v{tags[TAG_MODEL_VERSION]}" if name else Path(cfg.model).name or "model"
-    run = client.create_run(exp_id, tags=tags, run_name=f"eval-{label}-{cfg.split}")
-    return run.info.run_id
-
-
-def _log_run(
-    client: Any, run_id: str, cfg: EvaluateConfig, metrics: dict, out: Path, manifest: dict
-) -> None:
-    from mlflow.entities import Metric, Param
-
-    params = [Param(k, str(v)[:6000]) for k, v in sorted(flatten(to_dict(cfg)).items())]
-    client.log_batch(run_id, params=params)
-    now = int(time.time() * 1000)
-    client.log_batch(run_id, metrics=[Metric(k, float(v), now, 0) for k, v in metrics.items()])
-    client.log_dict(run_id, manifest, "dataset/manifest.json")
-    for name in (JSON_NAME, "report.html"):
-        client.log_artifact(run_id, str(out / name), ARTIFACT_DIR)
-    if (out / "images").is_dir():
-        client.log_artifacts(run_id, str(out / "images"), f"{ARTIFACT_DIR}/images")
+    return json_path, write_report(out, doc, grid, run)
 
 
 def run_evaluate(cfg: EvaluateConfig, log=print) -> EvaluateResult:
     """Evaluate ``cfg.model`` on ``cfg.shards``; see the module docstring."""
     from clipsr.evaluation import Unit, iter_rows_in_order, plan_units
     from clipsr.shard_dataset import manifest_sha256
-    from jobs.tracking import check_tracking_uri, load_resolver
+    from jobs.evaluate_mlflow import log_run, model_id_of, resolve_registered, start_run
+    from jobs.evaluation_record import (
+        KIND,
+        TAG_CLIP_WEIGHTS,
+        TAG_KIND,
+        TAG_MANIFEST,
+        TAG_MODEL_NAME,
+        TAG_MODEL_URI,
+        TAG_MODEL_VERSION,
+        TAG_RESULT_SHA,
+        TAG_SPLIT,
+        VERSION_TAG_MANIFEST,
+        VERSION_TAG_RUN,
+        metric_key,
+    )
+    from jobs.tracking import check_tracking_uri, default_tracking_uri, load_resolver, run_page
     from pipelines.batch_evaluate import WorkerSpec
     from pipelines.storage import resolve_endpoint
 
     cfg.endpoint_url = resolve_endpoint(cfg.endpoint_url)  # what the actors get
-    tracking_uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    tracking_uri = default_tracking_uri(cfg.tracking_uri)
     if tracking_uri:
         check_tracking_uri(tracking_uri)
     name, version = resolve_registered(cfg.model, tracking_uri) if tracking_uri else (None, None)
     load_uri = f"models:/{name}/{version}" if name else cfg.model  # the alias cannot move now
     device = _device(cfg)
     resolver = load_resolver(load_uri, device, tracking_uri=tracking_uri or None)
-    scale = resolver.scale
+    scale, clip_weights = resolver.scale, resolver.clip.weights_description
     manifest, shards = _shards(cfg, scale)
     units: list[Unit] = plan_units(shards, cfg.limit)
     samples = sum(u.count for u in units)
@@ -260,23 +205,28 @@ def run_evaluate(cfg: EvaluateConfig, log=print) -> EvaluateResult:
     crop = resolver.cfg.metrics.crop_border if cfg.crop_border is None else cfg.crop_border
     backbone, linear = _lpips_paths(cfg, resolver.cfg)
     mode = cfg.mode if cfg.mode != "auto" else ("ray" if samples > cfg.ray_threshold else "local")
+    attributes = json.dumps(manifest["attributes"]) if manifest.get("attributes") else ""
     spec = WorkerSpec(
         load_uri, tracking_uri, device, cfg.threads, cfg.batch_size, crop, cfg.grid_rows,
-        backbone, linear, cfg.endpoint_url,
+        backbone, linear, cfg.endpoint_url, attributes,
     )  # fmt: skip
     sha = manifest_sha256(manifest)
     if mode == "ray":
         _check_cluster(cfg, load_uri, backbone, linear)
 
-    client, run_id = None, None
+    client, run_id, run, experiment_id = None, None, None, ""
     if tracking_uri:
         import mlflow
 
         client = mlflow.MlflowClient(tracking_uri, registry_uri=tracking_uri)
         tags = {TAG_KIND: KIND, TAG_MODEL_URI: cfg.model, TAG_MANIFEST: sha, TAG_SPLIT: cfg.split}
+        tags[TAG_CLIP_WEIGHTS] = clip_weights
         if name:
             tags |= {TAG_MODEL_NAME: name, TAG_MODEL_VERSION: version}
-        run_id = _start_run(client, cfg, tracking_uri, tags)
+        run_id = start_run(client, cfg, tracking_uri, tags)
+        experiment_id = client.get_run(run_id).info.experiment_id
+        url, serve = run_page(tracking_uri, experiment_id, run_id)
+        run = {"id": run_id, "url": url, "serve": serve}
     else:
         log("MLflow: no tracking URI (--tracking-uri or MLFLOW_TRACKING_URI): not logged")
     log(f"evaluating {cfg.model} ({scale}x) on {samples} {cfg.split} samples, {mode} mode")
@@ -295,12 +245,16 @@ def run_evaluate(cfg: EvaluateConfig, log=print) -> EvaluateResult:
             "device": device,
         }
         model = {"uri": cfg.model, "name": name, "version": version, "scale": scale}
+        model["clip_weights"] = clip_weights
         doc = build_document(model, sha, cfg.split, settings, rows)
         by_name = doc["metrics"][f"x{scale}"]
-        json_path, report_path = _write_outputs(Path(cfg.out), doc, rows, scale)
+        json_path, report_path = _write_outputs(Path(cfg.out), doc, rows, scale, run)
         metrics = {metric_key(scale, k): v for k, v in by_name.items()}
         if client is not None:
-            _log_run(client, run_id, cfg, metrics, Path(cfg.out), manifest)
+            log_run(
+                client, run_id, cfg, metrics, Path(cfg.out), manifest, sha,
+                model_id_of(client, name, version), (JSON_NAME, report_path.name),
+            )  # fmt: skip
             result_sha = hashlib.sha256(json_path.read_bytes()).hexdigest()
             client.set_tag(run_id, TAG_RESULT_SHA, result_sha)
             if name:
@@ -312,8 +266,9 @@ def run_evaluate(cfg: EvaluateConfig, log=print) -> EvaluateResult:
             client.set_terminated(run_id, "FAILED")
         raise
     return EvaluateResult(
-        json_path, report_path, run_id, metrics, name, version, sha, samples, mode
-    )
+        json_path, report_path, run_id, metrics, name, version, sha, samples, mode,
+        tracking_uri, experiment_id,
+    )  # fmt: skip
 
 
 TABLE = (  # (label, model metric, bicubic metric, digits)
@@ -343,47 +298,64 @@ def format_table(metrics: dict[str, float]) -> str:
             f"  text gain: PSNR true - mismatched caption {m['text_gain_psnr']:+.3f} dB, "
             f"true - empty {m['text_gain_psnr_empty']:+.3f} dB"
         )
+        if "adherence" in m:
+            lines.append(
+                f"  prompt adherence {m['adherence']:.1%}, edit success {m['edit_success']:.1%} "
+                f"(chance {m['adherence_chance']:.0%}); shape-only text gain "
+                f"{m['text_gain_shape_psnr']:+.3f} dB ({int(m['adherence_samples'])} samples)"
+            )
     return "\n".join(lines)
 
 
-def _parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="clipsr evaluate", description=__doc__.split("\n\n")[0])
+def _parser() -> console.Parser:
+    parser = console.Parser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("overrides", nargs="*", help="key=value overrides (e.g. limit=100)")
     parser.add_argument("--config", help="YAML config (e.g. configs/evaluate/default.yaml)")
     for f in dataclasses.fields(EvaluateConfig):
-        flag = "--" + f.name.replace("_", "-")
-        parser.add_argument(flag, dest=f"field_{f.name}", metavar=f.name.upper())
+        default = f.default if f.default is not dataclasses.MISSING else None
+        shown = "" if default in ("", None) else f" (default: {default})"
+        parser.add_argument(
+            "--" + f.name.replace("_", "-"), dest=f"field_{f.name}", metavar=f.name.upper(),
+            help=f.metadata["help"] + shown,
+        )  # fmt: skip
+    for old in EvaluateConfig.DEPRECATED_KEYS:  # old flags still work; the loader warns
+        parser.add_argument("--" + old.replace("_", "-"), dest=f"field_{old}", help=SUPPRESS)
     return parser
 
 
+def format_result(result: EvaluateResult, model: str) -> str:
+    from jobs.tracking import run_link
+
+    lines = ["", format_table(result.metrics), ""]
+    lines.append(f"results: {result.json_path}\nreport:  {result.report_path}")
+    if result.run_id:
+        version = f" version {result.model_version}" if result.model_version else ""
+        name = f"{result.model_name}{version}" if result.model_name else model
+        lines.append(f"MLflow run: {result.run_id} (evaluation of {name})")
+        lines.append(f"  {run_link(result.tracking_uri, result.experiment_id, result.run_id)}")
+    else:
+        lines.append("MLflow run: none (no tracking URI)")
+    return "\n".join(lines)
+
+
+@console.command(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     from clipsr.checkpoint import CheckpointError
     from jobs.tracking import ModelNotFound, TrackingUnavailable
 
     overrides = list(args.overrides)
-    for f in dataclasses.fields(EvaluateConfig):
-        value = getattr(args, f"field_{f.name}")
+    names = [(f.name, f.type) for f in dataclasses.fields(EvaluateConfig)]
+    for name, kind in [*names, *((old, "int") for old in EvaluateConfig.DEPRECATED_KEYS)]:
+        value = getattr(args, f"field_{name}")
         if value is not None:  # a string field stays a string (JSON-quoted for the YAML reader)
-            overrides.append(f"{f.name}={json.dumps(value) if f.type == 'str' else value}")
+            overrides.append(f"{name}={json.dumps(value) if kind == 'str' else value}")
+    cfg = load_evaluate_config(args.config, overrides)  # --out checked here, before any work
     try:
-        cfg = load_evaluate_config(args.config, overrides)
         result = run_evaluate(cfg)
-    except (
-        ConfigError, ValueError, FileNotFoundError, ModelNotFound, CheckpointError,
-        TrackingUnavailable,
-    ) as err:  # fmt: skip
-        print(f"clipsr evaluate: {err}", file=sys.stderr)
-        return 2
-    print()
-    print(format_table(result.metrics))
-    print(f"\nresults: {result.json_path}\nreport:  {result.report_path}")
-    if result.run_id:
-        version = f" version {result.model_version}" if result.model_version else ""
-        model = f"{result.model_name}{version}" if result.model_name else cfg.model
-        print(f"MLflow run: {result.run_id} (evaluation of {model})")
-    else:
-        print("MLflow run: none (no tracking URI)")
+    except (ModelNotFound, CheckpointError, TrackingUnavailable) as err:
+        return console.fail(PROG, err, 2)
+    print(format_result(result, cfg.model))
     return 0
 
 

@@ -16,11 +16,10 @@ Two evaluations are comparable only when their manifest hashes are equal.
 
 from __future__ import annotations
 
+import functools
 import re
 from dataclasses import dataclass, field
 from typing import Any
-
-from clipsr.evaluation import LPIPS_METRICS, SAMPLE_METRICS
 
 DEFAULT_EXPERIMENT = "clipsr-eval"
 TAG_KIND = "clipsr.kind"  # = "evaluation" on every evaluation run
@@ -31,8 +30,10 @@ TAG_MODEL_URI = "clipsr.eval.model_uri"
 TAG_MANIFEST = "clipsr.eval.manifest_sha256"
 TAG_SPLIT = "clipsr.eval.split"
 TAG_RESULT_SHA = "clipsr.eval.result_sha256"
+TAG_CLIP_WEIGHTS = "clipsr.eval.clip_weights"  # which CLIP the model ran on (random, a tag...)
 VERSION_TAG_RUN = "clipsr.eval.run_id"
 VERSION_TAG_MANIFEST = "clipsr.eval.manifest_sha256"
+
 
 # Per scale. "_bicubic" is the same metric of the MATLAB-bicubic upscale of the same LR;
 # "_y" is on the Y channel (BT.601), the rest on RGB; all after cropping metrics.crop_border.
@@ -40,13 +41,32 @@ VERSION_TAG_MANIFEST = "clipsr.eval.manifest_sha256"
 # ("mismatched") and with "" ("empty"); text_gain_* = value(true) - value(ablated) in dB.
 # Per-sample means come from clipsr.evaluation (LPIPS only when its weights are configured;
 # clip_score is SR vs its true caption with the model's own CLIP).
-METRIC_NAMES = (
-    "samples",
-    *SAMPLE_METRICS,
-    *LPIPS_METRICS,
-    "text_gain_psnr",  # psnr - psnr_caption_mismatched
-    "text_gain_psnr_empty",  # psnr - psnr_caption_empty
-)
+@functools.cache
+def metric_names() -> tuple[str, ...]:
+    """Every metric name of the record (imports torch: ``clipsr.evaluation`` defines them)."""
+    from clipsr.evaluation import ADHERENCE_METRICS, LPIPS_METRICS, SAMPLE_METRICS
+
+    return (
+        "samples",
+        *SAMPLE_METRICS,
+        *LPIPS_METRICS,
+        "text_gain_psnr",  # psnr - psnr_caption_mismatched
+        "text_gain_psnr_empty",  # psnr - psnr_caption_empty
+        # Sets whose manifest declares attributes (clipsr.adherence): share of objects drawn as
+        # the caption's shape (adherence) and as a swapped-in shape (edit_success), chance =
+        # 1/shapes, text_gain_shape_psnr = psnr - psnr with only the shape word swapped.
+        *ADHERENCE_METRICS,
+    )
+
+
+def __getattr__(name: str) -> Any:
+    """``METRIC_NAMES`` (= :func:`metric_names`), computed on first use, so that importing this
+    module (``clipsr promote --help``) does not import torch."""
+    if name == "METRIC_NAMES":
+        return metric_names()
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
+
 LOWER_IS_BETTER = frozenset({"lpips", "lpips_bicubic"})
 _KEY = re.compile(r"^x(\d+)/([a-z0-9_]+)$")
 

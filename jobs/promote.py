@@ -19,12 +19,12 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import os
 import sys
 from dataclasses import dataclass, field
 from typing import Any
 
 from clipsr.config_loader import ConfigError
+from jobs import console
 from jobs import registry as reg
 from jobs.evaluation_record import EvaluationRecord, find_evaluation
 from jobs.promote_config import (
@@ -36,6 +36,7 @@ from jobs.promote_config import (
 )
 
 DONE = ("promoted", "first_champion", "rolled_back", "noop")
+PROG = "clipsr promote"
 
 
 @dataclass
@@ -64,11 +65,13 @@ class PromoteResult:
 
 
 def _tracking_uri(cfg: PromoteConfig) -> str:
-    uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    from jobs.tracking import default_tracking_uri
+
+    uri = default_tracking_uri(cfg.tracking_uri)
     if not uri:
         raise ConfigError(
-            "tracking_uri: no MLflow tracking server (pass --tracking-uri or set "
-            "MLFLOW_TRACKING_URI to the server that holds the registry)"
+            "tracking_uri: no MLflow tracking store (pass --tracking-uri, set "
+            "MLFLOW_TRACKING_URI, or run from the directory where clipsr train made runs/mlflow.db)"
         )
     return uri
 
@@ -335,7 +338,7 @@ def format_report(res: PromoteResult, cfg: PromoteConfig) -> str:
 
 
 def _parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="clipsr promote", description=__doc__.split("\n\n")[0])
+    p = console.Parser(prog=PROG, description=__doc__.split("\n\n")[0])
     p.add_argument("overrides", nargs="*", help="config overrides key=value (e.g. gates=[...])")
     p.add_argument(
         "--config", default=str(DEFAULT_CONFIG), help="gates YAML (default: %(default)s)"
@@ -347,7 +350,10 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--dry-run", action="store_true", help="print what would happen, change nothing")
     p.add_argument("--reason", help="reason recorded in the audit tags")
     p.add_argument("--manifest-sha256", help="compare on these test shards")
-    p.add_argument("--tracking-uri", help="MLflow server (default: MLFLOW_TRACKING_URI)")
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking URI (default: MLFLOW_TRACKING_URI, else ./runs/mlflow.db)",
+    )
     p.add_argument("--experiment", help="experiment of the evaluations (default: clipsr-eval)")
     p.add_argument(
         "--no-verify-artifacts", action="store_true", help="skip the checkpoint download/check"
@@ -375,16 +381,16 @@ def config_from_args(args: argparse.Namespace) -> PromoteConfig:
     return cfg
 
 
+@console.command(PROG)
 def main(argv: list[str] | None = None) -> int:
+    args = _parser().parse_args(argv)
+    cfg = config_from_args(args)
     from jobs.tracking import TrackingUnavailable
 
-    args = _parser().parse_args(argv)
     try:
-        cfg = config_from_args(args)
         res = run_promote(cfg)
-    except (ConfigError, reg.RegistryError, TrackingUnavailable) as err:
-        print(f"clipsr promote: {err}", file=sys.stderr)
-        return 2
+    except (reg.RegistryError, TrackingUnavailable) as err:
+        return console.fail(PROG, err, 2)
     print(format_report(res, cfg))
     return res.exit_code
 

@@ -4,7 +4,9 @@ A gate is ``{metric, rule, value, required}``:
 
 - ``max_drop``: candidate >= champion - value (higher is better: psnr, ssim, clip_score...);
 - ``max_rise``: candidate <= champion + value (lower is better: lpips);
-- ``min`` / ``max``: candidate >= value / candidate <= value (the champion is not looked at).
+- ``min`` / ``max``: candidate >= value / candidate <= value (the champion is not looked at);
+- ``over_bicubic``: candidate >= its own bicubic baseline + value (for lpips: <= baseline -
+  value), from the same evaluation: absolute, so it holds a first champion too.
 
 ``metric`` is a name of :data:`jobs.evaluation_record.METRIC_NAMES` (applied to every scale both
 evaluations have, one result per scale) or ``x{scale}/{name}`` (that scale only). A metric missing
@@ -20,7 +22,7 @@ from pathlib import Path
 from typing import Literal
 
 from clipsr.config_loader import ConfigError, load_config
-from jobs.evaluation_record import METRIC_NAMES, metric_key, parse_metric_key
+from jobs.evaluation_record import LOWER_IS_BETTER, metric_key, metric_names, parse_metric_key
 
 ROOT = Path(__file__).resolve().parents[1]
 DEFAULT_CONFIG = ROOT / "configs" / "promote" / "default.yaml"
@@ -39,7 +41,7 @@ MISSING_HINTS = {
 @dataclass
 class Gate:
     metric: str = ""
-    rule: Literal["max_drop", "max_rise", "min", "max"] = "max_drop"
+    rule: Literal["max_drop", "max_rise", "min", "max", "over_bicubic"] = "max_drop"
     value: float = 0.0
     required: bool = True
 
@@ -53,11 +55,13 @@ class Gate:
             "max_rise": f"cand <= champ + {self.value:g}",
             "min": f"cand >= {self.value:g}",
             "max": f"cand <= {self.value:g}",
+            "over_bicubic": f"cand beats its bicubic by >= {self.value:g}",
         }[self.rule]
 
 
 def _default_gates() -> list[Gate]:
     return [
+        Gate("psnr", "over_bicubic", 0.0),
         Gate("psnr", "max_drop", 0.05),
         Gate("ssim", "max_drop", 0.005),
         Gate("lpips", "max_rise", 0.01, required=False),
@@ -94,14 +98,20 @@ class PromoteConfig:
             key = f"gates[{i}]"
             parsed = parse_metric_key(gate.metric)
             name = parsed[1] if parsed else gate.metric
-            if name not in METRIC_NAMES or name == "samples":
+            if name not in metric_names() or name == "samples":
                 raise ConfigError(
                     f"{key}.metric: unknown metric {gate.metric!r} (one of "
-                    f"{', '.join(n for n in METRIC_NAMES if n != 'samples')}, optionally as "
+                    f"{', '.join(n for n in metric_names() if n != 'samples')}, optionally as "
                     "x{scale}/{name})"
                 )
             if not math.isfinite(gate.value):
                 raise ConfigError(f"{key}.value: a finite number, not {gate.value!r}")
+            if gate.rule == "over_bicubic" and f"{name}_bicubic" not in metric_names():
+                with_baseline = [n for n in metric_names() if f"{n}_bicubic" in metric_names()]
+                raise ConfigError(
+                    f"{key}.metric: over_bicubic needs a metric with a bicubic baseline "
+                    f"({', '.join(with_baseline)}), not {gate.metric!r}"
+                )
             if gate.relative and gate.value < 0:
                 raise ConfigError(f"{key}.value: {gate.rule} takes a tolerance >= 0")
 
@@ -113,8 +123,10 @@ class PromoteConfig:
             raise ConfigError("version: give the candidate version (--version N) or --rollback")
 
 
-def load_promote_config(path: str | Path | None, overrides: list[str] = ()) -> PromoteConfig:
-    return load_config(PromoteConfig, path, overrides)  # validate() runs inside
+def load_promote_config(
+    path: str | Path | None, overrides: list[str] = (), validate: bool = True
+) -> PromoteConfig:
+    return load_config(PromoteConfig, path, overrides, validate)  # validate() runs inside
 
 
 @dataclass
@@ -141,14 +153,23 @@ def _missing(scale: int, name: str, which: str, run_id: str) -> str:
     )
 
 
-def _check(gate: Gate, cand: float, champ: float | None) -> tuple[bool, float]:
+def _higher_is_better(gate: Gate, name: str) -> bool:
+    if gate.rule == "over_bicubic":
+        return name not in LOWER_IS_BETTER
+    return gate.rule in ("max_drop", "min")
+
+
+def _check(gate: Gate, name: str, cand: float, ref: float | None) -> tuple[bool, float]:
+    """(passed, the bound): ``ref`` is the champion's value, or the bicubic baseline."""
+    sign = 1.0 if _higher_is_better(gate, name) else -1.0
     limit = {
-        "max_drop": (champ or 0.0) - gate.value,
-        "max_rise": (champ or 0.0) + gate.value,
+        "max_drop": (ref or 0.0) - gate.value,
+        "max_rise": (ref or 0.0) + gate.value,
         "min": gate.value,
         "max": gate.value,
+        "over_bicubic": (ref or 0.0) + sign * gate.value,
     }[gate.rule]
-    ok = cand >= limit - EPS if gate.rule in ("max_drop", "min") else cand <= limit + EPS
+    ok = cand >= limit - EPS if sign > 0 else cand <= limit + EPS
     return ok, limit
 
 
@@ -175,7 +196,9 @@ def apply_gates(
             cand = candidate.get(scale, {}).get(name)
             champ = (champion or {}).get(scale, {}).get(name)
             res.candidate, res.champion = cand, champ
-            problem = ""
+            problem, base = "", None
+            if gate.rule == "over_bicubic":
+                base = candidate.get(scale, {}).get(f"{name}_bicubic")
             if gate.relative and champion is None:
                 res.status, res.note = "skipped", "no champion: relative gate not applied"
                 results.append(res)
@@ -184,6 +207,8 @@ def apply_gates(
                 problem = _missing(scale, name, "candidate", candidate_run)
             elif gate.relative and champ is None:
                 problem = _missing(scale, name, "champion", champion_run)
+            elif gate.rule == "over_bicubic" and base is None:
+                problem = _missing(scale, f"{name}_bicubic", "candidate", candidate_run)
             elif not math.isfinite(cand) or (gate.relative and not math.isfinite(champ)):
                 problem = f"{metric_key(scale, name)} is not a finite number"
             if problem:
@@ -191,15 +216,18 @@ def apply_gates(
                 res.note = problem if gate.required else f"{problem} (required: false)"
                 results.append(res)
                 continue
-            ok, res.limit = _check(gate, cand, champ)
+            ok, res.limit = _check(gate, name, cand, base if base is not None else champ)
             res.status = "passed" if ok else "failed"
             if not ok:
                 if gate.relative:
                     sign = "-" if gate.rule == "max_drop" else "+"
                     how = f"champion {champ:.4f} {sign} {gate.value:g}"
+                elif base is not None:
+                    sign = "+" if _higher_is_better(gate, name) else "-"
+                    how = f"bicubic {base:.4f} {sign} {gate.value:g}"
                 else:
                     how = f"{gate.value:g}"
-                word = "below" if gate.rule in ("max_drop", "min") else "above"
+                word = "below" if _higher_is_better(gate, name) else "above"
                 res.note = f"{metric_key(scale, name)} {cand:.4f} is {word} {res.limit:.4f} ({how})"
             results.append(res)
     return results

@@ -11,15 +11,13 @@
 
 from __future__ import annotations
 
+import getpass
 import os
 import shutil
 import tempfile
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
-
-from clipsr.checkpoint import CheckpointError, load_config_from_checkpoint, read_manifest
-from clipsr.shards import sha256_file
 
 NOT_FOUND = "RESOURCE_DOES_NOT_EXIST"
 PREFIX = "clipsr.promote."
@@ -52,7 +50,12 @@ def now_utc() -> str:
 
 
 def who() -> str:
-    return os.environ.get("USER") or "unknown"
+    """The user for the audit tags: ``CLIPSR_USER`` (e.g. a CI job's actor), else the login
+    name (``getpass.getuser()``: LOGNAME, USER, LNAME, USERNAME, else the password database)."""
+    try:
+        return os.environ.get("CLIPSR_USER") or getpass.getuser()
+    except (OSError, KeyError):  # no name in the environment nor in the password database
+        return f"uid {os.getuid()}" if hasattr(os, "getuid") else "unknown"
 
 
 def _not_found(err: Exception) -> bool:
@@ -83,7 +86,9 @@ def get_version(client: Any, name: str, version: str) -> Any:
     except MlflowException as err:
         if not _not_found(err):
             raise
-    found = sorted((v.version for v in client.search_model_versions(f"name = '{name}'")), key=int)
+    found = sorted(
+        (str(v.version) for v in client.search_model_versions(f"name = '{name}'")), key=int
+    )  # MLflow returns the versions as integers here
     raise RegistryError(
         f"model {name!r} has no version {version} (versions: {', '.join(found) or 'none'})"
     )
@@ -166,6 +171,9 @@ def verify_version_artifacts(tracking_uri: str, name: str, version: str) -> None
     file and sha256, the config. Raise :class:`CheckpointError` naming the URI and the problem."""
     import mlflow
     from mlflow.exceptions import MlflowException
+
+    from clipsr.checkpoint import CheckpointError, load_config_from_checkpoint, read_manifest
+    from clipsr.shards import sha256_file
 
     uri = f"models:/{name}/{version}"
     dst = tempfile.mkdtemp(prefix="clipsr-promote-")

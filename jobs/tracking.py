@@ -1,7 +1,9 @@
 """MLflow tracking and registry for the training and evaluation jobs (call from rank 0 only).
 
 - :func:`resolve_tracking_uri`: the configured URI, else ``MLFLOW_TRACKING_URI``, else an embedded
-  sqlite store in the run directory; :func:`check_tracking_uri` fails fast on a dead server.
+  sqlite store in the storage root (one per root, shared by its runs); :func:`default_tracking_uri`
+  is what the commands after ``clipsr train`` use without flags; :func:`check_tracking_uri` fails
+  fast on a dead server; :func:`run_link` says where to see a run.
 - :class:`RunTracker`: one MLflow run per training run name; a restarted job resumes it.
 - :func:`log_generator_model`: a checkpoint as a pyfunc *from code* (safetensors + config, no
   pickle), registered with version tags; :func:`load_resolver` reads it back with clipsr's loader.
@@ -37,6 +39,10 @@ MAX_PARAMS_PER_BATCH = 100  # mlflow.utils.validation.MAX_PARAMS_TAGS_PER_BATCH
 MAX_PARAM_LENGTH = 6000  # mlflow.utils.validation.MAX_PARAM_VAL_LENGTH
 
 
+# The embedded store of `clipsr train` under its default storage root (run.storage_path: runs).
+DEFAULT_STORE = Path("runs") / "mlflow.db"
+
+
 class TrackingUnavailable(RuntimeError):
     """The configured MLflow tracking server does not answer."""
 
@@ -62,6 +68,33 @@ def resolve_tracking_uri(configured: str, run_dir: str | Path) -> tuple[str, str
         return uri, None
     db = Path(uri.removeprefix("sqlite:///")).resolve()  # absolute: workers run elsewhere
     return f"sqlite:///{db}", (db.parent / "mlartifacts").as_uri()
+
+
+def default_tracking_uri(configured: str = "") -> str:
+    """``configured``, else ``MLFLOW_TRACKING_URI``, else the embedded store that ``clipsr train``
+    makes under its default storage root (``./runs/mlflow.db``) when it exists, else ``""``."""
+    uri = configured or os.environ.get("MLFLOW_TRACKING_URI", "")
+    if not uri and DEFAULT_STORE.is_file():
+        uri = f"sqlite:///{DEFAULT_STORE.resolve()}"
+    return uri
+
+
+def run_page(tracking_uri: str, experiment_id: str, run_id: str) -> tuple[str, str]:
+    """(URL of a run's page, the command that serves it first or ""): the server's page, or for
+    an embedded store the page that ``mlflow ui`` serves on 127.0.0.1:5000."""
+    page = f"#/experiments/{experiment_id}/runs/{run_id}"
+    if tracking_uri.startswith(("http://", "https://")):
+        return f"{tracking_uri.rstrip('/')}/{page}", ""
+    serve = f"mlflow ui --backend-store-uri {tracking_uri} --host 127.0.0.1 --port 5000"
+    return f"http://127.0.0.1:5000/{page}", serve
+
+
+def run_link(tracking_uri: str, experiment_id: str, run_id: str | None) -> str:
+    """Where to open a run, in one line (see :func:`run_page`)."""
+    if not run_id:
+        return "none"
+    url, serve = run_page(tracking_uri, experiment_id, run_id)
+    return f"{serve}, then {url}" if serve else url
 
 
 def check_tracking_uri(uri: str, timeout_s: float = 10) -> None:

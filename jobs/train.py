@@ -9,7 +9,6 @@ pyfunc model (safetensors + config, models-from-code) and registered as a new mo
 
 from __future__ import annotations
 
-import argparse
 import functools
 import hashlib
 import json
@@ -19,10 +18,13 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from jobs import console
+
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_TRAIN_V2_ENABLED", "1")
 
 log = logging.getLogger("clipsr.train")
+PROG = "clipsr train"
 
 
 @dataclass
@@ -30,8 +32,10 @@ class TrainResult:
     run_id: str | None
     checkpoint: str | None
     metrics: dict
-    model_uri: str | None
+    model_uri: str | None  # models:/NAME/VERSION when registered, else the logged model's URI
     model_version: str | None
+    tracking_uri: str = ""
+    experiment_id: str = ""
 
 
 class TrainingFailed(RuntimeError):
@@ -48,9 +52,10 @@ def absolute_local_paths(cfg) -> None:
     """Resolve the config's local paths against the driver's working directory, in place.
 
     Ray Train runs each worker in the run's own working directory, so a relative path
-    (``data.shards: runs/shards/bundled``) would name a different place there."""
+    (``data.shards: runs/shards/my-data``) would name a different place there."""
     cfg.data.shards = _absolute(cfg.data.shards)
     cfg.run.storage_path = _absolute(cfg.run.storage_path)  # rank 0 writes the NaN marker there
+    cfg.run.init_from = _absolute(cfg.run.init_from)
     clip = cfg.model.clip
     clip.checkpoint = _absolute(clip.checkpoint)
     clip.cache_dir = _absolute(clip.cache_dir)
@@ -87,6 +92,10 @@ def check_inputs(cfg) -> tuple[dict, list[str], list[str], str]:
     train = shard_urls(cfg.data.shards, cfg.data.train_split, manifest)
     val = shard_urls(cfg.data.shards, cfg.data.val_split, manifest)
     check_perceptual_config(cfg.loss)
+    if cfg.run.init_from:
+        from clipsr.initial_weights import check_init_checkpoint
+
+        check_init_checkpoint(cfg.run.init_from, cfg)
     return manifest, train, val, manifest_sha256(manifest)
 
 
@@ -96,7 +105,8 @@ def run_train(cfg) -> TrainResult:
     from ray.train.torch import TorchTrainer
 
     from clipsr.config_loader import flatten, to_dict
-    from jobs.ray_setup import train_runtime_env
+    from jobs.mlflow_record import describe_version, set_descriptions, shard_set_input
+    from jobs.ray_setup import train_logging_config, train_runtime_env
     from jobs.run_state import honest_end
     from jobs.tracking import (
         RunTracker,
@@ -122,11 +132,17 @@ def run_train(cfg) -> TrainResult:
     if resume is not None:
         log.info("run %s resumes from step %d (%s)", cfg.run.name, resume[1], resume[0])
     storage_path, filesystem = storage.ray_storage(cfg.run.storage_path, opts)
-    run_dir = (
-        Path(storage_path) / cfg.run.name if filesystem is None else Path("runs") / cfg.run.name
-    )
+    # one embedded store per storage root, shared by every run under it (evaluate, promote and
+    # upscale find ./runs/mlflow.db, the default root's, without flags)
+    root = Path(storage_path) if filesystem is None else Path("runs")
     tracking = cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     check_tracking_uri(tracking)  # a dead server fails before Ray starts
+    if not cfg.model.clip.has_weights:  # once, here: the workers' copies are not shown
+        import warnings
+
+        from clipsr.clip_backbone import RandomClipWeightsWarning, random_clip_message
+
+        warnings.warn(random_clip_message(cfg.model.clip), RandomClipWeightsWarning, 2)
     init_ray(
         cfg.run.ray_address,
         log_to_driver=True,
@@ -134,14 +150,16 @@ def run_train(cfg) -> TrainResult:
             {"OMP_NUM_THREADS": str(max(1, int(cfg.run.cpus_per_worker)))}
         ),
     )
-    check_cluster(ray, cfg, tracking or f"sqlite:///{run_dir / 'mlflow.db'}")  # before any work
-    tracking_uri, artifact_location = resolve_tracking_uri(cfg.tracking.tracking_uri, run_dir)
+    check_cluster(ray, cfg, tracking or f"sqlite:///{root / 'mlflow.db'}")  # before any work
+    tracking_uri, artifact_location = resolve_tracking_uri(cfg.tracking.tracking_uri, root)
     config_hash = hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()
+    clip_weights = configured_clip_weights(cfg.model.clip)
     tags = {
         "dataset_manifest_sha256": manifest_sha,
         "code_version": code_version(),
         "config_sha256": config_hash[:16],
         "scales": ",".join(map(str, cfg.scales)),
+        "clipsr.clip_weights": clip_weights,
     }
     tracker = RunTracker(tracking_uri)
     run_id = tracker.start(
@@ -151,6 +169,17 @@ def run_train(cfg) -> TrainResult:
         artifact_location,
         tags=tags,
         system_metrics=cfg.tracking.system_metrics,
+    )
+    tracker.client.log_inputs(
+        run_id,
+        datasets=[
+            shard_set_input(
+                cfg.data.shards, cfg.data.train_split, manifest, manifest_sha, "training"
+            ),
+            shard_set_input(
+                cfg.data.shards, cfg.data.val_split, manifest, manifest_sha, "validation"
+            ),
+        ],
     )
     tracker.log_dict(manifest, "dataset/manifest.json")
     tracker.log_dict(to_dict(cfg), "config/resolved_config.json")
@@ -179,6 +208,7 @@ def run_train(cfg) -> TrainResult:
             storage_filesystem=filesystem,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.num_to_keep),
             failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
+            logging_config=train_logging_config(),
         ),
     )
     storage.delete(stop_marker_uri(cfg), opts)
@@ -186,7 +216,7 @@ def run_train(cfg) -> TrainResult:
         try:
             result = trainer.fit()
         except Exception as err:
-            raise TrainingFailed(f"training failed: {err}") from err
+            raise TrainingFailed(f"training failed: {failure_reason(err)}") from err
         metrics = dict(result.metrics or {})
         checkpoint = result.checkpoint
         where = "none"
@@ -198,11 +228,21 @@ def run_train(cfg) -> TrainResult:
             )
         model_uri = version = None
         if checkpoint is not None:
-            with checkpoint.as_directory() as directory:
+            chatter = ("Successfully registered model", "Created version")  # the summary says it
+            with checkpoint.as_directory() as directory, console.without_lines(*chatter):
                 model_uri, version = log_generator_model(
                     directory, cfg.tracking.registered_model or None, tags
                 )
-    return TrainResult(run_id, where, metrics, model_uri, version)
+        if version is not None:
+            name = cfg.tracking.registered_model
+            model_uri = f"models:/{name}/{version}"
+            steps = int(metrics.get("step", cfg.run.steps))
+            text = describe_version(
+                cfg.model.scale, cfg.run.name, steps, cfg.data.shards, manifest_sha, clip_weights
+            )
+            set_descriptions(tracker.client, name, version, text)
+        experiment_id = tracker.client.get_run(run_id).info.experiment_id
+    return TrainResult(run_id, where, metrics, model_uri, version, tracking_uri, experiment_id)
 
 
 def _stopped(info: dict, where: str) -> str:
@@ -215,34 +255,89 @@ def _stopped(info: dict, where: str) -> str:
     )
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="clipsr train", description=__doc__.split("\n\n")[0])
+def configured_clip_weights(clip) -> str:
+    """The CLIP weights a training config makes its model run on, in words."""
+    from clipsr.clip_backbone import describe_clip_weights
+
+    if not clip.has_weights:
+        return describe_clip_weights(clip, "random")
+    return describe_clip_weights(clip, clip.checkpoint or clip.pretrained or clip.arch)
+
+
+def failure_reason(err: BaseException) -> str:
+    """One line for a failed ``fit()``: each failed worker's own error (its last line: what was
+    raised, not the traceback around it), else the error's own last line."""
+    failures = getattr(err, "worker_failures", None) or {}
+    reasons = []
+    for _, failure in sorted(failures.items()):
+        cause = failure
+        while getattr(cause, "cause", None) is not None:  # RayTaskError wraps the worker's
+            cause = cause.cause
+        text = str(cause)
+        lines = [line for line in text.splitlines() if line.strip()]
+        reason = lines[-1].strip() if lines else type(cause).__name__
+        if lines and "Traceback" not in text:  # a plain exception: its type says what it is
+            reason = f"{type(cause).__name__}: {reason}"
+        if reason not in reasons:
+            reasons.append(reason)
+    if not reasons:
+        lines = [line for line in str(err).splitlines() if line.strip()]
+        reasons = [lines[-1].strip() if lines else type(err).__name__]
+    return "; ".join(reasons)
+
+
+def format_result(result: TrainResult) -> str:
+    """Where the results are: the store, the run, the model URI the other commands take."""
+    from jobs.tracking import run_link
+
+    shown = {k: round(v, 4) for k, v in result.metrics.items() if isinstance(v, float)}
+    lines = [
+        f"train done: final metrics {shown}",
+        f"  checkpoint: {result.checkpoint}",
+        f"  tracking:   {result.tracking_uri}",
+        f"  run:        {run_link(result.tracking_uri, result.experiment_id, result.run_id)}",
+    ]
+    if result.model_version:
+        lines.append(f"  model:      {result.model_uri}")
+        lines.append(
+            f"  next:       clipsr evaluate --model {result.model_uri} --shards TEST_SHARDS"
+            + _uri_flag(result.tracking_uri)
+        )
+    elif result.model_uri:
+        lines.append(f"  model:      {result.model_uri} (not registered)")
+    return "\n".join(lines)
+
+
+def _uri_flag(tracking_uri: str) -> str:
+    from jobs.tracking import default_tracking_uri
+
+    return "" if default_tracking_uri() == tracking_uri else f" --tracking-uri {tracking_uri}"
+
+
+def build_parser() -> console.Parser:
+    parser = console.Parser(prog=PROG, description=__doc__.split("\n\n")[0])
     parser.add_argument("config", help="YAML config (e.g. configs/train/tiny-x4.yaml)")
     parser.add_argument("overrides", nargs="*", help="overrides such as run.steps=200")
-    args = parser.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
-    from clipsr.config_loader import ConfigError
+    return parser
+
+
+@console.command(PROG)
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
     from jobs.run_state import Interrupted
     from jobs.tracking import TrackingUnavailable
     from jobs.train_config import load_train_config
 
+    cfg = load_train_config(args.config, args.overrides)
     try:
-        cfg = load_train_config(args.config, args.overrides)
         result = run_train(cfg)
-    except (ConfigError, ValueError, FileNotFoundError, TrackingUnavailable) as err:
-        print(f"clipsr train: {err}", file=sys.stderr)
-        return 2
+    except TrackingUnavailable as err:
+        return console.fail(PROG, err, 2)
     except TrainingFailed as err:
-        print(f"clipsr train: {err}", file=sys.stderr)
-        return 1
-    except Interrupted as err:  # Ctrl-C or SIGTERM: the MLflow run ends KILLED
-        print(f"clipsr train: {err}; the run ends KILLED", file=sys.stderr)
-        return 130
-    shown = {k: round(v, 4) for k, v in result.metrics.items() if isinstance(v, float)}
-    print(f"\ntrain done: run {result.run_id}; checkpoint {result.checkpoint}")
-    print(f"  final metrics: {shown}")
-    if result.model_uri:
-        print(f"  model: {result.model_uri} (registered version {result.model_version})")
+        return console.fail(PROG, err, 1)
+    except Interrupted as err:  # Ctrl-C or SIGTERM: the MLflow run ended KILLED
+        return console.fail(PROG, f"{err}; the run ends KILLED", 130)
+    print(format_result(result))
     return 0
 
 

@@ -41,6 +41,10 @@ class TrainRunConfig:
     gpus_per_worker: float = 1.0
     precision: Literal["fp32", "bf16", "fp16"] = "fp32"
     ema_decay: float = 0.999
+    # EMA decay min(ema_decay, (1 + t) / (10 + t)) at step t (false: ema_decay from the start).
+    ema_warmup: bool = True
+    # Share of training captions replaced by "" (caption dropout); 0 = the reference (none).
+    caption_dropout: float = 0.0
     lr_schedule: Literal["constant", "cosine"] = "constant"
     warmup_steps: int = 0
     log_every: int = 10
@@ -50,6 +54,10 @@ class TrainRunConfig:
     val_samples: int = 32
     # Ray Train restarts the workers from the last checkpoint this many times after a failure.
     max_failures: int = 2
+    # Start from the weights of this checkpoint directory (G, EMA, D, CLIP when it has them:
+    # a run's checkpoint, an exported model, clipsr convert-reference output); step, optimizers
+    # and data start afresh. Ignored once the run has checkpoints of its own (it resumes).
+    init_from: str = ""
     ray_address: str = ""
     # Local paths (data.shards, run.storage_path, weights, a sqlite MLflow store) are on a
     # filesystem mounted at the same path on every node: allowed on a multi-node cluster, after
@@ -93,9 +101,13 @@ class TrainConfig(CLIPSRConfig):
             raise ConfigError("run.log_every/checkpoint_every/validate_every/num_to_keep: >= 1")
         if not 0 <= r.ema_decay < 1:
             raise ConfigError("run.ema_decay: in [0, 1)")
+        if not 0 <= r.caption_dropout < 1:
+            raise ConfigError("run.caption_dropout: a probability in [0, 1)")
         if r.precision != "fp32" and not r.use_gpu:
             raise ConfigError("run.precision: bf16/fp16 autocast needs run.use_gpu=true")
 
 
-def load_train_config(path: str | Path | None, overrides: list[str] = ()) -> TrainConfig:
-    return load_config(TrainConfig, path, overrides)
+def load_train_config(
+    path: str | Path | None, overrides: list[str] = (), validate: bool = True
+) -> TrainConfig:
+    return load_config(TrainConfig, path, overrides, validate)

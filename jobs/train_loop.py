@@ -31,11 +31,37 @@ def _setup_errors() -> tuple[type[BaseException], ...]:
     return (CheckpointError, ClipWeightsError, ConfigError, FileNotFoundError)
 
 
+def _stopped_in_setup(cfg, rank: int, step: int, error: BaseException | None, device) -> bool:
+    """Whether any rank's set-up failed (collective: every rank returns the same); a failed rank
+    writes the stop marker the driver reports (a retry would fail the same way), and every rank
+    then reports once and stops."""
+    import ray.train
+
+    if error is not None:
+        write_stop_marker(cfg, {"kind": "setup", "step": step, "error": f"rank {rank}: {error}"})
+    if _all_finite(torch.tensor(0.0 if error is None else float("nan"), device=device)):
+        return False
+    ray.train.report({"step": step})
+    return True
+
+
 def _all_finite(t: torch.Tensor) -> bool:
-    flag = torch.isfinite(t.detach()).float().reshape(1)
+    """Whether ``t`` (the step's losses) is finite on every rank: one 1-float all-reduce."""
+    flag = torch.isfinite(t.detach()).all().float().reshape(1)
     if dist.is_available() and dist.is_initialized():
         dist.all_reduce(flag, op=dist.ReduceOp.MIN)
     return bool(flag.item())
+
+
+def ddp_options(use_gpu: bool) -> dict[str, Any]:
+    """DDP settings for G and D+C: gradients are views into DDP's buckets (no copy per step);
+    no buffer broadcast (neither net has buffers); on CPU workers (gloo) 100 MB buckets, so that
+    each net's gradients go in as few all-reduces as possible (the tiny preset's in one or two;
+    gloo gains nothing from overlapping many small ones with a one-thread backward)."""
+    options: dict[str, Any] = {"gradient_as_bucket_view": True, "broadcast_buffers": False}
+    if not use_gpu:
+        options["bucket_cap_mb"] = 100
+    return options
 
 
 def _schedule(cfg, step: int) -> float:
@@ -53,36 +79,60 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     import ray.train.torch
 
     from clipsr.config_loader import from_dict
+    from clipsr.initial_weights import initial_clip, load_initial_weights
     from clipsr.shard_dataset import TrainingBatchStream, iter_eval_batches
     from clipsr.train_state import load_training_checkpoint
-    from clipsr.training import EMA, Precision, build_models, build_optimizers, train_step
+    from clipsr.training import (
+        EMA,
+        Precision,
+        build_models,
+        build_optimizers,
+        drop_captions,
+        train_step,
+    )
+    from jobs.console import quiet_worker_logging
     from jobs.train_config import TrainConfig
     from jobs.train_validation import validate
 
+    quiet_worker_logging()  # again: Ray Train has just set the worker's root logger to INFO
     cfg = from_dict(TrainConfig, config["cfg"])
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
+    if not cfg.run.use_gpu:  # one intra-op thread per reserved CPU, whoever started Ray
+        torch.set_num_threads(max(1, int(cfg.run.cpus_per_worker)))
     torch.manual_seed(cfg.seed + rank)
-    step = 0
-    try:  # what fails here fails the same way on every rank and on every retry
-        models = build_models(cfg).to(device)
-        ema = EMA(models.generator, cfg.run.ema_decay)
+    step, error, checkpoint = 0, None, None
+    try:  # what fails here fails the same way on every retry: stopped, not retried
+        init = cfg.run.init_from
+        models = build_models(cfg, clip=initial_clip(cfg, init) if init else None).to(device)
+        ema = EMA(models.generator, cfg.run.ema_decay, warmup=cfg.run.ema_warmup)
+        if init:  # a resume below overwrites every part again
+            loaded = load_initial_weights(init, models, ema)
+            if rank == 0:
+                log.info("weights from %s: %s", init, ", ".join(loaded))
         checkpoint = ray.train.get_checkpoint()
-        optimizers = build_optimizers(models, cfg.optim)
-        precision = Precision.create(cfg.run.precision, device)
+    except _setup_errors() as err:
+        error = err
+    if _stopped_in_setup(cfg, rank, step, error, device):
+        return
+    ddp = ddp_options(cfg.run.use_gpu)
+    models.generator = ray.train.torch.prepare_model(models.generator, parallel_strategy_kwargs=ddp)
+    models.discriminator = ray.train.torch.prepare_model(
+        models.discriminator, parallel_strategy_kwargs=ddp
+    )
+    optimizers = build_optimizers(models, cfg.optim)
+    precision = Precision.create(cfg.run.precision, device)
+    try:
         if checkpoint is not None:
             with checkpoint.as_directory() as directory:
                 step = load_training_checkpoint(
                     directory, models, optimizers, ema, precision, device=device
                 )
-    except _setup_errors() as err:  # not retried: stop every rank, the driver reports it
-        if rank == 0:
-            write_stop_marker(cfg, {"kind": "setup", "step": step, "error": f"{err}"})
-        ray.train.report({"step": step})
+    except _setup_errors() as err:
+        error = err
+    if _stopped_in_setup(cfg, rank, step, error, device):
         return
-    models.generator = ray.train.torch.prepare_model(models.generator)
-    models.discriminator = ray.train.torch.prepare_model(models.discriminator)
     base_lrs = [cfg.optim.generator_lr, cfg.optim.discriminator_lr]
     if checkpoint is not None and rank == 0:
         log.info("resumed from the checkpoint at step %d", step)
@@ -119,7 +169,11 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         for opt, base in zip((optimizers.generator, optimizers.discriminator), base_lrs):
             for group in opt.param_groups:
                 group["lr"] = base * _schedule(cfg, step)
-        text = models.clip.encode_text(batch["captions"])
+        captions = batch["captions"]
+        if cfg.run.caption_dropout > 0:  # seeded by (seed, step, rank): resumes identically
+            g = torch.Generator().manual_seed(cfg.seed * 1_000_003 + step * 101 + rank)
+            captions = drop_captions(captions, cfg.run.caption_dropout, g)
+        text = models.clip.encode_text(captions)
         try:
             losses = train_step(
                 models,
@@ -138,7 +192,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
                 write_stop_marker(cfg, {"kind": "nonfinite", "step": step + 1, "error": str(err)})
             ray.train.report({"step": step})
             return
-        ema.update(models.generator)
+        ema.update(models.generator, step)
         step += 1
         window_steps += 1
         metrics: dict[str, float] = {}
@@ -217,7 +271,7 @@ class _MetricLogger:
         from mlflow.entities import Metric
 
         now = int(time.time() * 1000)
-        batch = [Metric(k.replace("/", "."), float(v), now, step) for k, v in metrics.items()]
+        batch = [Metric(k, float(v), now, step) for k, v in metrics.items()]  # "/" groups charts
         self.client.log_batch(self.run_id, metrics=batch)
 
     def log_image(self, image, name: str) -> None:

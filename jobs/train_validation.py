@@ -38,7 +38,7 @@ def validate(
             scores["ssim_bicubic"].append(ssim(bic, hr, **kw))
             if len(rows) < grid_rows:
                 rows.append((lr, bic, out, hr, batch["captions"][i]))
-    metrics = {f"val_{k}": float(np.mean(v)) for k, v in scores.items() if v}
+    metrics = {f"val/{k}": float(np.mean(v)) for k, v in scores.items() if v}  # grouped
     return metrics, sample_grid(rows) if rows else None
 
 

@@ -17,26 +17,29 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import sys
+import warnings
 from pathlib import Path
 
-from PIL import Image, UnidentifiedImageError
+from jobs import console
 
 log = logging.getLogger("clipsr.upscale")
+PROG = "clipsr upscale"
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
-        prog="clipsr upscale",
+    p = console.Parser(
+        prog=PROG,
         description=__doc__.split("\n\n")[0],
-        formatter_class=argparse.RawDescriptionHelpFormatter,
         epilog=__doc__.split("\n\n", 1)[1],
     )
     p.add_argument("inputs", nargs="*", metavar="IN", help="low-resolution image files")
     p.add_argument("--model", help="models:/NAME@ALIAS, models:/NAME/VERSION, runs:/..., or DIR")
     p.add_argument("--checkpoint", metavar="DIR", help="a local checkpoint directory (= --model)")
-    p.add_argument("--tracking-uri", help="MLflow tracking/registry URI (else MLFLOW_TRACKING_URI)")
+    p.add_argument(
+        "--tracking-uri",
+        help="MLflow tracking/registry URI (else MLFLOW_TRACKING_URI, else ./runs/mlflow.db)",
+    )
     p.add_argument(
         "--prompt",
         action="append",
@@ -50,10 +53,18 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--input-dir", help="a folder of images (local or s3://)")
     batch.add_argument("--shards", help="a clipsr preprocess output directory (local or s3://)")
     batch.add_argument("--split", default="test", help="the shard split to upscale (test)")
-    batch.add_argument("--out-format", choices=("files", "shards"), default="files")
+    batch.add_argument(
+        "--out-format",
+        choices=("files", "shards"),
+        default="files",
+        help="PNG files (default) or new WebDataset shards",
+    )
     batch.add_argument("--endpoint-url", help="S3 endpoint (else AWS_ENDPOINT_URL)")
     batch.add_argument("--gpu", action="store_true", default=None, help="one GPU per actor")
-    batch.add_argument("--workers", type=int, help="actors (default: 1 up to the GPUs or CPUs/2)")
+    batch.add_argument(
+        "--concurrency", type=int, help="Ray actors (default: 1 up to the GPUs or CPUs/2)"
+    )
+    batch.add_argument("--workers", type=int, help=argparse.SUPPRESS)  # the old --concurrency
     batch.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     batch.add_argument("--local", action="store_true", help="run in this process, no Ray")
     batch.add_argument(
@@ -70,12 +81,13 @@ def _slug(index: int, prompt: str) -> str:
 
 
 def _fail(message: str) -> int:
-    print(f"clipsr upscale: {message}", file=sys.stderr)
-    return 2
+    return console.fail(PROG, message, 2)
 
 
 def run_files(args: argparse.Namespace) -> int:
     """Single files in this process (as before), the model from a directory or the registry."""
+    from PIL import Image, UnidentifiedImageError
+
     from clipsr.checkpoint import CheckpointError
     from clipsr.inference import prompt_grid
     from jobs.tracking import ModelNotFound, TrackingUnavailable, check_tracking_uri, load_resolver
@@ -92,7 +104,6 @@ def run_files(args: argparse.Namespace) -> int:
             f"pass --scale {resolver.scale} or another model"
         )
     out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
     failed = 0
     for name in args.inputs:
         path = Path(name)
@@ -100,10 +111,11 @@ def run_files(args: argparse.Namespace) -> int:
             with Image.open(path) as img:
                 lr = img.convert("RGB")
             resolver.check_size(*lr.size, name=str(path))
-        except (OSError, UnidentifiedImageError, ValueError) as err:
-            print(f"clipsr upscale: skipped {path}: {err}", file=sys.stderr)
+        except (OSError, UnidentifiedImageError, ValueError, Image.DecompressionBombError) as err:
+            print(f"{PROG}: skipped {path}: {console.one_line(err)}", file=sys.stderr)
             failed += 1
             continue
+        out.mkdir(parents=True, exist_ok=True)  # checked before the model was loaded
         stem = f"{path.stem}_x{resolver.scale}"
         results, scores = resolver.prompt_edit(lr, args.prompt)
         if len(args.prompt) == 1:
@@ -117,11 +129,15 @@ def run_files(args: argparse.Namespace) -> int:
             grid_path = out / f"{stem}_prompts.png"
             prompt_grid(lr, results, args.prompt, scores).save(grid_path)
             written.append(grid_path)
-        report = [{"prompt": p, "clip_score": s} for p, s in zip(args.prompt, scores)]
+        report = {
+            "model": args.model,
+            "clip_weights": resolver.clip.weights_description,  # the CLIP-scores' meaning
+            "results": [{"prompt": p, "clip_score": s} for p, s in zip(args.prompt, scores)],
+        }
         (out / f"{stem}.json").write_text(json.dumps(report, indent=2))
         print(f"{path} -> {', '.join(str(w) for w in written)}")
-    if failed:
-        print(f"clipsr upscale: {failed} of {len(args.inputs)} inputs skipped", file=sys.stderr)
+    if failed and len(args.inputs) > 1:
+        print(f"{PROG}: {failed} of {len(args.inputs)} inputs skipped", file=sys.stderr)
     return 1 if failed else 0
 
 
@@ -143,7 +159,7 @@ def run_batch(args: argparse.Namespace) -> int:
             tracking_uri=args.tracking_uri,
             endpoint_url=args.endpoint_url,
             gpu=args.gpu,
-            workers=args.workers,
+            concurrency=args.concurrency,
             batch_size=args.batch_size,
             use_ray=not args.local,
             shared_filesystem=args.shared_filesystem,
@@ -153,7 +169,7 @@ def run_batch(args: argparse.Namespace) -> int:
         return _fail(str(err))
     reasons = ", ".join(f"{n} {r}" for r, n in result.reasons.items())
     print(
-        f"clipsr upscale: {result.written} written, {result.skipped} skipped"
+        f"{PROG}: {result.written} written, {result.skipped} skipped"
         + (f" ({reasons}; see {result.out}/skipped.jsonl)" if reasons else "")
         + f" -> {result.out} with {result.model_uri} in {result.seconds:.1f}s",
         file=sys.stderr,
@@ -161,14 +177,18 @@ def run_batch(args: argparse.Namespace) -> int:
     return 1 if result.skipped else 0
 
 
+@console.command(PROG)
 def main(argv: list[str] | None = None) -> int:
-    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     parser = build_parser()
     args = parser.parse_args(argv)
+    if args.workers is not None:
+        if args.concurrency is not None:
+            parser.error("--workers is the old name of --concurrency: give only --concurrency")
+        warnings.warn("'--workers' is deprecated, use '--concurrency'", FutureWarning, 1)
+        args.concurrency = args.workers
     if (args.model is None) == (args.checkpoint is None):
         parser.error("give the model as --model URI (or --checkpoint DIR), once")
     args.model = args.model or args.checkpoint
-    args.tracking_uri = args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI") or None
     batch = args.input_dir is not None or args.shards is not None
     if batch and args.inputs:
         parser.error("give image files, or --input-dir / --shards, not both")
@@ -180,6 +200,15 @@ def main(argv: list[str] | None = None) -> int:
         parser.error("--prompt is required for single image files")
     if not batch and args.out_format != "files":
         parser.error("--out-format shards needs --input-dir or --shards")
+    if not batch and "://" in args.out:
+        parser.error("--out: single files are written to a local directory (s3:// in batch mode)")
+    from pipelines.local_paths import blocking_file
+
+    if (taken := blocking_file(args.out)) is not None:
+        return _fail(f"--out: {taken} exists and is not a directory; choose another --out")
+    from jobs.tracking import default_tracking_uri
+
+    args.tracking_uri = default_tracking_uri(args.tracking_uri or "") or None
     return run_batch(args) if batch else run_files(args)
 
 

@@ -17,6 +17,8 @@ from typing import Any
 
 import numpy as np
 
+from clipsr.adherence import KIND as ADHERENCE_KIND
+from clipsr.adherence import ShapeAttributes
 from clipsr.evaluation import Unit, evaluate_unit, read_captions
 from pipelines.storage import StorageOptions, open_read
 
@@ -35,6 +37,17 @@ class WorkerSpec:
     lpips_backbone_weights: str = ""
     lpips_linear_weights: str = ""
     endpoint_url: str = ""
+    # The shard set's attribute declaration (manifest "attributes", JSON) for prompt adherence.
+    attributes: str = ""
+
+
+def shape_attributes(declaration: str) -> ShapeAttributes | None:
+    """The parsed declaration (a manifest's ``attributes`` as JSON) when it is one that prompt
+    adherence understands, else None."""
+    data = json.loads(declaration) if declaration else None
+    if not isinstance(data, dict) or data.get("kind") != ADHERENCE_KIND:
+        return None
+    return ShapeAttributes.from_dict(data)
 
 
 def opener_for(endpoint_url: str):
@@ -68,6 +81,7 @@ class UnitEvaluator:
             lpips = LPIPS(spec.lpips_backbone_weights, spec.lpips_linear_weights)
             self.lpips = lpips.to(resolver.device)
         self.opener = opener_for(spec.endpoint_url)
+        self.attributes = shape_attributes(spec.attributes)
 
     def run(self, unit: Unit, mismatched: list[str]) -> list[dict[str, Any]]:
         s = self.spec
@@ -80,6 +94,7 @@ class UnitEvaluator:
             s.crop_border,
             s.grid_rows,
             self.lpips,
+            self.attributes,
         )
 
 

@@ -35,6 +35,7 @@ from clipsr.shard_dataset import iter_samples
 from clipsr.shards import SIZES, ShardSample, lr_member, sample_key, write_tar
 from pipelines import storage
 from pipelines.cluster_guard import check_cluster_paths, local_path
+from pipelines.local_paths import blocking_file
 from pipelines.ray_cluster import init_ray
 from pipelines.sources.base import CAPTION_MISSING, captions_from_bytes, strip_ext
 from pipelines.sources.folder import FolderSource
@@ -74,7 +75,7 @@ class BatchUpscaleConfig:
     tracking_uri: str | None = None  # default: MLFLOW_TRACKING_URI
     endpoint_url: str | None = None  # default: AWS_ENDPOINT_URL(_S3), resolved on the driver
     gpu: bool | None = None  # one GPU per actor; default: when torch sees one
-    workers: int | None = None  # a fixed actor pool; default 1 up to the GPUs (or CPUs / 2)
+    concurrency: int | None = None  # a fixed actor pool; default 1 up to the GPUs (or CPUs / 2)
     batch_size: int = 8
     samples_per_chunk: int = 64
     use_ray: bool = True  # False: the same steps in this process
@@ -310,9 +311,9 @@ def _ray_results(rows: list[dict], cfg: BatchUpscaleConfig):
     resources = ray.cluster_resources()
     if cfg.gpu and started and resources.get("GPU", 0) < 1:
         raise BatchConfigError("--gpu: the local Ray instance has no GPU")
-    ray.data.DataContext.get_current().enable_progress_bars = cfg.progress
-    if cfg.workers:
-        pool = ray.data.ActorPoolStrategy(size=cfg.workers)
+    ray.data.DataContext.get_current().enable_progress_bars = False  # the job shows its own
+    if cfg.concurrency:
+        pool = ray.data.ActorPoolStrategy(size=cfg.concurrency)
     else:  # CPU actors get one thread each (Ray sets OMP_NUM_THREADS to num_cpus)
         most = resources.get("GPU", 0) if cfg.gpu else resources.get("CPU", 2) // 2
         pool = ray.data.ActorPoolStrategy(min_size=1, max_size=max(1, int(most)))
@@ -342,8 +343,8 @@ def run_batch_upscale(model_uri: str, out: str, **options: Any) -> BatchUpscaleR
         raise BatchConfigError(f"--out-format: {cfg.out_format!r} is not files or shards")
     if (cfg.input_dir is None) == (cfg.shards is None):
         raise BatchConfigError("give exactly one of --input-dir and --shards")
-    if min(cfg.batch_size, cfg.samples_per_chunk, cfg.workers or 1) < 1:
-        raise BatchConfigError("batch_size, samples_per_chunk and workers must be >= 1")
+    if min(cfg.batch_size, cfg.samples_per_chunk, cfg.concurrency or 1) < 1:
+        raise BatchConfigError("batch_size, samples_per_chunk and concurrency must be >= 1")
     cfg.endpoint_url = storage.resolve_endpoint(cfg.endpoint_url or "")  # what workers get
     cfg.tracking_uri = cfg.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     for name in ("input_dir", "shards", "out"):  # the Ray workers may run elsewhere
@@ -353,9 +354,9 @@ def run_batch_upscale(model_uri: str, out: str, **options: Any) -> BatchUpscaleR
         chunks, skipped = _plan_folder(cfg)
     else:
         (chunks, manifest), skipped = _plan_shards(cfg), []
+    if (taken := blocking_file(cfg.out)) is not None:  # out appears with its first file
+        raise BatchConfigError(f"--out: {taken} exists and is not a directory")
     try:
-        if not storage.is_remote(cfg.out):
-            os.makedirs(cfg.out, exist_ok=True)
         storage.exists(storage.join(cfg.out, SKIPPED), cfg.opts)  # a missing bucket raises
     except (FileNotFoundError, OSError) as err:
         raise BatchConfigError(f"--out: {err}") from None

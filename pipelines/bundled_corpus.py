@@ -2,8 +2,9 @@
 
 - ``photos``: scikit-image's photographs (:mod:`pipelines.bundled_photos`) cut into square tiles,
   each tile with its photo's caption; the held-out photos (coffee, chelsea) go to ``test/``.
-- ``shapes``: the generated set of :mod:`pipelines.generated_shapes` (the caption carries what a
-  16x downscale loses), with separate seeds for train and test.
+- ``shapes``: the generated set of :mod:`pipelines.generated_shapes` (only the caption tells an
+  object's shape once box-downscaled 16x), separate seeds for train and test, and its
+  ``attributes.json``.
 
 Read them with ``source.kind=folder source.folder_split_dirs=true``. Writing is deterministic
 and idempotent: a finished corpus has a ``_complete.json`` (written last) naming what made it,
@@ -19,7 +20,7 @@ from pathlib import Path
 from PIL import Image
 
 from pipelines.bundled_photos import bundled_photos
-from pipelines.generated_shapes import generated_shapes
+from pipelines.generated_shapes import attributes, generated_shapes
 
 COMPLETE = "_complete.json"
 
@@ -68,14 +69,23 @@ def write_photo_tiles(root: str | Path, tile: int = 128, train_stride: int = 64)
 def write_shapes(
     root: str | Path, train: int = 512, test: int = 64, size: int = 128, seed: int = 0
 ) -> dict:
-    """``train`` + ``test`` generated images (test from seed + 1: never seen in training)."""
+    """``train`` + ``test`` generated images (test from seed + 1: never seen in training) and
+    ``attributes.json`` (the set's declaration, which preprocess copies into the manifest)."""
     root = Path(root)
-    params = {"corpus": "shapes", "train": train, "test": test, "size": size, "seed": seed}
+    params = {
+        "corpus": "shapes",
+        "version": 2,  # leak-free: exact pixel counts, one object per cell
+        "train": train,
+        "test": test,
+        "size": size,
+        "seed": seed,
+    }
     if _done(root, params):
         return json.loads((root / COMPLETE).read_text())["counts"]
     for split, n, split_seed in (("train", train, seed), ("test", test, seed + 1)):
         for item in generated_shapes(n, seed=split_seed, size=size):
             _write(root, split, item.name, item.image, item.caption)
+    (root / "attributes.json").write_text(json.dumps(attributes(), indent=1))
     counts = {"train": train, "test": test}
     (root / COMPLETE).write_text(json.dumps({**params, "counts": counts}, indent=2))
     return counts

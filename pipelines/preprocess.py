@@ -62,6 +62,7 @@ class PreprocessSummary:
     shards_skipped: int = 0
     seconds: float = 0.0
     output: str = ""
+    total_written: int = 0  # samples in the dataset (this run's and committed shards')
     listed: int = 0
     duplicates: int = 0
     splits: dict[str, dict[str, int]] = field(default_factory=dict)  # samples, shards
@@ -143,6 +144,7 @@ def run_preprocess(
     validate(cfg.source, cfg.storage)  # fail fast: paths and layout, before any work
     chash = config_hash(cfg)
     check_output(cfg, chash)
+    attributes = load_attributes(cfg)
     if not plan_only:
         reads, writes = {"source.path": cfg.source.path}, {"output": cfg.output}
         ray = _init_ray(cfg)
@@ -176,7 +178,8 @@ def run_preprocess(
         if todo:
             write_plan_files(plan, cfg, {s.name for s in todo})
             _write_with_ray(cfg, todo, summary, progress)
-        _finish(cfg, plan, chash)
+        manifest = _finish(cfg, plan, chash, attributes)
+        summary.total_written = sum(c["samples"] for c in manifest["splits"].values())
         storage.delete_tree(storage.join(cfg.output, PLAN_DIR), cfg.storage)
     finally:
         plan.close()
@@ -230,9 +233,43 @@ def _write_row(row: dict[str, Any], cfg_dict: dict[str, Any]) -> dict[str, Any]:
     return {"name": row["name"], "stats": json.dumps(stats)}
 
 
-def _finish(cfg: PreprocessConfig, plan: Plan, chash: str) -> None:
-    """Manifest, sizes and rejects from every shard's committed stats (this run's and earlier).
-    Rejects go through a local temp file: their number is not bounded by anything."""
+def load_attributes(cfg: PreprocessConfig) -> dict[str, Any] | None:
+    """The corpus's attribute declaration (``attributes`` or ``source.path/attributes.json``),
+    validated before any work; None when there is none."""
+    from clipsr.adherence import KIND, ShapeAttributes
+
+    uri = cfg.attributes or storage.join(cfg.source.path, "attributes.json")
+    try:
+        data = json.loads(storage.read_bytes(uri, cfg.storage))
+    except (FileNotFoundError, NotADirectoryError, IsADirectoryError):
+        if cfg.attributes:
+            raise ConfigError(f"attributes: file not found: {cfg.attributes}") from None
+        return None
+    except (json.JSONDecodeError, UnicodeDecodeError) as err:
+        raise ConfigError(f"attributes: {uri} is not valid JSON ({err})") from None
+    if isinstance(data, dict) and data.get("kind") == KIND:
+        try:
+            ShapeAttributes.from_dict(data)
+        except ValueError as err:
+            raise ConfigError(f"attributes ({uri}): {err}") from None
+        wanted = data.get("degradation")
+        if wanted and wanted != cfg.degradation.kind:
+            log.warning(
+                "%s declares degradation %r but degradation.kind is %r: the LR may show what "
+                "only the caption should tell",
+                uri,
+                wanted,
+                cfg.degradation.kind,
+            )
+    return data
+
+
+def _finish(
+    cfg: PreprocessConfig, plan: Plan, chash: str, attributes: dict | None = None
+) -> dict[str, Any]:
+    """Manifest, sizes and rejects from every shard's committed stats (this run's and earlier);
+    returns the manifest. Rejects go through a local temp file: their number is not bounded by
+    anything."""
     shards, counts = [], {}
     uris = [stats_uri(cfg.output, s.name) for s in plan.shards]
     with ThreadPoolExecutor(8) as pool, tempfile.NamedTemporaryFile("w+b") as rejects:
@@ -271,6 +308,9 @@ def _finish(cfg: PreprocessConfig, plan: Plan, chash: str) -> None:
         "hr_size": cfg.hr_size,
         "shards": shards,
     }
+    if attributes is not None:
+        manifest["attributes"] = attributes
     storage.write_bytes(
         storage.join(cfg.output, MANIFEST), json.dumps(manifest, indent=1).encode(), cfg.storage
     )
+    return manifest

@@ -11,6 +11,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import re
 import tempfile
 import time
 from collections import Counter
@@ -27,6 +28,8 @@ from pipelines import storage
 from pipelines.preprocess_config import PreprocessConfig
 from pipelines.sources import SourceSample, load_captions
 
+_ADDRESS = re.compile(r" (?:object )?at 0x[0-9a-fA-F]+>")
+
 
 def sample_to_dict(sample: SourceSample) -> dict[str, Any]:
     return asdict(sample)
@@ -39,6 +42,12 @@ def sample_from_dict(data: dict[str, Any]) -> SourceSample:
         if data.get(name) is not None:
             data[name] = tuple(data[name])
     return SourceSample(**data)
+
+
+def stable_text(text: str) -> str:
+    """``text`` without object addresses (``<_io.BytesIO object at 0x7f...>``), so that reject
+    records are the same bytes on every run."""
+    return _ADDRESS.sub(">", text)
 
 
 def stats_uri(output: str, name: str) -> str:
@@ -70,20 +79,18 @@ def process_sample(
         try:
             data = storage.read_bytes(sample.image, cfg.storage, sample.byte_range)
         except FileNotFoundError as err:
-            record.update(reason="image_missing", detail=str(err))
+            record.update(reason="image_missing", detail=stable_text(str(err)))
             return None, record
         image = decode_image(data, cfg.max_image_pixels, cfg.min_image_size)
         hr, crop = prepare_hr(image, cfg.hr_size, sample.bbox, cfg.resample)
         lrs, params = {}, {}
         for scale in sorted(cfg.scales):
             lr, used = make_lr(hr, scale, cfg.degradation, derive_seed(cfg.seed, key, scale))
-            lrs[scale] = encode_image(lr, "png")
+            lrs[scale] = encode_image(lr, "png", png_level=cfg.png_compression)
             params[f"x{scale}"] = used
-    except ImageRejected as err:
-        record.update(reason=err.reason, detail=str(err))
-        return None, record
-    except Exception as err:  # one bad sample must not take the shard down
-        record.update(reason="error", detail=f"{type(err).__name__}: {err}")
+    except ImageRejected as err:  # what is wrong with this sample; anything else (a bug, a
+        # configuration the degradation cannot run) stops the job instead of biasing the data
+        record.update(reason=err.reason, detail=stable_text(str(err)))
         return None, record
     meta = {
         "key": key,
@@ -95,9 +102,8 @@ def process_sample(
         "degradation": params,
         "num_captions": len(captions),
     }
-    members = sample_members(
-        encode_image(hr, cfg.hr_format, cfg.hr_quality), cfg.hr_format, lrs, list(captions), meta
-    )
+    hr_bytes = encode_image(hr, cfg.hr_format, cfg.hr_quality, cfg.png_compression)
+    members = sample_members(hr_bytes, cfg.hr_format, lrs, list(captions), meta)
     width, height = crop["source_size"]
     record.update(
         status="ok",

@@ -41,13 +41,13 @@ def _deterministic():
     yield
 
 
-def text_sensitive_checkpoint(clip, directory):
-    """A tiny 4x checkpoint whose identity-initialised affines (and zero-initialised output
+def text_sensitive_checkpoint(clip, directory, scale: int = 4, *overrides: str):
+    """A tiny checkpoint whose identity-initialised affines (and zero-initialised output
     conv) have been moved, so that the prompt changes the output; returns its directory."""
     from clipsr.inference import save_generator_checkpoint
     from clipsr.training import build_generator
 
-    cfg = tiny_config(4)
+    cfg = tiny_config(scale, *overrides)
     gen = build_generator(cfg, clip)
     with torch.no_grad():
         for name, p in gen.named_parameters():

@@ -7,6 +7,8 @@ dot of its base name, the field is the rest (``a/x.b.jpg`` -> key ``a/x``, field
 members need not be adjacent. A field is used as the image (caption) if it equals one of the image
 extensions (the caption extension), or else if its last dot-component does. Keys without an image
 are skipped. ``source_id`` is ``<tar name>/<key>``; ``byte_range`` locates the image in the tar.
+A key with an absolute or ``..`` member name (``/abs/x.jpg``, ``../evil.jpg``) is rejected with
+reason ``unsafe_member_name``, and none of its members is read.
 """
 
 from __future__ import annotations
@@ -35,12 +37,24 @@ KEY_FIELD = re.compile(r"^((?:.*/|)[^./]+)\.([^/]*)$")  # webdataset's base_plus
 GZIP_MAGIC = b"\x1f\x8b"
 
 
+UNSAFE_MEMBER = "unsafe_member_name"
+
+
 @dataclass
 class TarEntry:
-    """One key's members: (offset, length) of each non-caption field, caption bytes by field."""
+    """One key's members: (offset, length) of each non-caption field, caption bytes by field;
+    ``unsafe``: a member name that is absolute or climbs out of the tar (``/x``, ``../x``)."""
 
     ranges: dict[str, tuple[int, int]] = field(default_factory=dict)
     captions: dict[str, bytes] = field(default_factory=dict)
+    unsafe: bool = False
+
+
+def unsafe_name(name: str) -> bool:
+    """An absolute member name, or one with a ``..`` component: never a sample (a tool that
+    extracts the tar would write it outside its target)."""
+    parts = name.replace("\\", "/").split("/")
+    return name.startswith(("/", "\\")) or ".." in parts or (len(name) > 1 and name[1] == ":")
 
 
 def _pick(fields: list[str], wanted: list[str]) -> str | None:
@@ -74,6 +88,9 @@ def scan_tar(
                     continue
                 key, field_name = match.group(1), match.group(2).lower()
                 entry = entries.setdefault(key, TarEntry())
+                if unsafe_name(member.name):
+                    entry.unsafe = True
+                    continue
                 if field_name.rsplit(".", 1)[-1] == caption_ext:
                     reader = tar.extractfile(member)
                     entry.captions[field_name] = reader.read() if reader else b""
@@ -142,6 +159,8 @@ def _sample(
     entry: TarEntry, source_id: str, uri: str, size: int, wanted: list[str], caption_ext: str
 ) -> SourceSample | None:
     """The SourceSample of one key, or None if it has no image member."""
+    if entry.unsafe:  # listed, so that it is rejected with its reason, never read
+        return SourceSample(source_id, uri, error=UNSAFE_MEMBER)
     image_field = _pick(list(entry.ranges), wanted)
     if image_field is None:
         return None

@@ -131,6 +131,26 @@ def test_text_and_image_features(tiny_clip):
     assert torch.allclose(emb, tiny_clip.image_embedding(images), atol=1e-5)
 
 
+def test_image_taps_stop_after_the_last_tapped_block(tiny_clip):
+    clip = ClipBackbone.__new__(ClipBackbone)  # the tiny ViT (4 blocks) tapped after 0 and 1
+    clip.__dict__.update(tiny_clip.__dict__)
+    clip.cfg = replace(tiny_clip.cfg, image_taps=[0, 1])
+    images = torch.rand(2, 3, 128, 128) * 2 - 1
+    ran = []
+    hooks = [
+        block.register_forward_hook(lambda *_, i=i: ran.append(i))
+        for i, block in enumerate(clip.visual.transformer.resblocks)
+    ]
+    try:
+        with torch.no_grad():
+            taps = clip.image_taps(images)
+    finally:
+        for hook in hooks:
+            hook.remove()
+    assert ran == [0, 1]
+    assert torch.equal(taps, clip.image_features(images)[0])
+
+
 def test_trunk_without_prompts_equals_the_vit(tiny_clip):
     """run_trunk on the patch embedding grid with no prompts reproduces the ViT's last block."""
     x = tiny_clip.preprocess(torch.rand(2, 3, 64, 64) * 2 - 1)
@@ -141,3 +161,43 @@ def test_trunk_without_prompts_equals_the_vit(tiny_clip):
     prompts = torch.randn(2, 2, tiny_clip.width)
     with_prompts = tiny_clip.run_trunk(grid, prompts, [1, 2])
     assert with_prompts.shape == ours.shape and not torch.allclose(with_prompts, ours)
+
+
+def test_weights_from_a_checkpoint_keep_the_quick_gelu_of_their_source(tiny_clip):
+    """A config naming OpenAI weights (QuickGELU) rebuilt from saved weights stays QuickGELU."""
+    from dataclasses import replace
+
+    from open_clip.transformer import QuickGELU
+
+    from clipsr.clip_backbone import ClipBackbone
+
+    cfg = replace(tiny_clip.cfg, pretrained="openai")
+    clip = ClipBackbone(cfg, state_dict=tiny_clip.weights_state_dict())
+    assert isinstance(clip.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
+    assert not isinstance(tiny_clip.visual.transformer.resblocks[0].mlp.gelu, QuickGELU)
+
+
+def test_a_checkpoint_says_whether_its_clip_is_random(tmp_path, tiny_clip, caplog):
+    """A model trained on a random CLIP carries it and is warned about as such (not as "no
+    weights are configured"); one whose CLIP weights came from a file is not warned about;
+    open_clip's own "initialized randomly" notice, wrong for both, is not logged."""
+    from clipsr.inference import SuperResolver, save_generator_checkpoint
+    from clipsr.training import build_generator
+
+    cfg = tiny_config(4)
+    generator = build_generator(cfg, tiny_clip)
+    save_generator_checkpoint(tmp_path / "random", cfg, generator, tiny_clip)
+    with pytest.warns(RandomClipWeightsWarning, match="saved in its checkpoint") as record:
+        resolver = SuperResolver.from_checkpoint(tmp_path / "random", "cpu")
+    assert not any("no weights are configured" in str(w.message) for w in record)
+    assert resolver.clip.weights_description.startswith("random (no pretrained weights")
+    assert "No pretrained weights loaded" not in caplog.text
+
+    weights = tmp_path / "clip.safetensors"
+    save_file({k: v.clone() for k, v in tiny_clip.weights_state_dict().items()}, str(weights))
+    real = replace(cfg, model=replace(cfg.model, clip=_tiny_cfg(checkpoint=str(weights))))
+    save_generator_checkpoint(tmp_path / "real", real, generator, ClipBackbone(real.model.clip))
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", RandomClipWeightsWarning)  # must not warn
+        loaded = SuperResolver.from_checkpoint(tmp_path / "real", "cpu")
+    assert loaded.clip.weights_description == f"{weights} (clipsr-tiny)"

@@ -20,7 +20,7 @@ def test_presets_exist_for_each_scale():
 @pytest.mark.parametrize("path", SHIPPED, ids=lambda p: p.name)
 def test_every_shipped_config_loads(path):
     cfg = load_clipsr_config(path)
-    scale = int(path.stem.split("-x")[1])
+    scale = int(path.stem.split("-x")[1].removesuffix("-reference"))
     assert cfg.model.scale == scale
     assert cfg.model.lr_size * scale == cfg.model.hr_size
     # the resolved config round-trips through YAML unchanged
@@ -34,8 +34,6 @@ def test_base_presets_are_the_paper_setting():
         assert cfg.model.clip.image_taps == [1, 4, 8]
         assert cfg.model.generator.encoder_channels == [256, 512, 512, 512]
         assert cfg.model.hr_size == 256 and cfg.model.lr_size == lr
-        # body at 64 px as in the reference
-        assert cfg.model.lr_size * cfg.model.generator.lr_pre_upsample == 64
         w = cfg.loss.weights
         assert (w.reconstruction, w.perceptual, w.adversarial, w.clip_similarity) == (
             1.0,
@@ -44,6 +42,24 @@ def test_base_presets_are_the_paper_setting():
             0.04,
         )
         assert cfg.optim.betas == (0.0, 0.9)
+
+
+def test_presets_are_native_and_the_reference_presets_pre_upsample_to_the_4x_lr_size():
+    """tiny/base-x{8,16} read their LR as it is (the head upsamples the whole factor); the
+    -reference presets nearest-upsample it to the 4x model's LR size (64 px at base), as the
+    reference code does."""
+    for size in ("tiny", "base"):
+        for scale in (4, 8, 16):
+            native = load_clipsr_config(Path(CONFIGS) / f"{size}-x{scale}.yaml")
+            assert native.model.generator.lr_pre_upsample == 1
+    for name, pre in (("base-x8", 2), ("base-x16", 4), ("tiny-x16", 4)):
+        native = load_clipsr_config(Path(CONFIGS) / f"{name}.yaml")
+        reference = load_clipsr_config(Path(CONFIGS) / f"{name}-reference.yaml")
+        assert reference.model.generator.lr_pre_upsample == pre
+        four = 64 if name.startswith("base") else 32
+        assert reference.model.lr_size * pre == four
+        reference.model.generator.lr_pre_upsample = 1
+        assert reference == native  # nothing else differs
 
 
 def test_overrides_set_nested_typed_values():

@@ -265,6 +265,14 @@ def test_encode_is_deterministic_and_decodable(astronaut: np.ndarray, fmt: str) 
         assert np.abs(back.astype(int) - astronaut).mean() < 4.0
 
 
+def test_png_level_trades_bytes_for_time_losslessly(astronaut: np.ndarray) -> None:
+    fast, small = encode_image(astronaut, "png", png_level=1), encode_image(astronaut, "png")
+    assert len(fast) > len(small)
+    np.testing.assert_array_equal(decode_image(fast), decode_image(small))
+    with pytest.raises(ValueError, match="png_level"):
+        encode_image(astronaut, "png", png_level=10)
+
+
 def test_encode_keeps_channel_order_and_quality_matters(astronaut: np.ndarray) -> None:
     red = np.zeros((64, 64, 3), np.uint8)
     red[..., 0] = 255

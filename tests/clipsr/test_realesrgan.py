@@ -363,3 +363,36 @@ def test_jpeg_step_is_a_true_rgb_jpeg_round_trip(hr256: np.ndarray) -> None:
     direct = cv2.imdecode(buf, cv2.IMREAD_COLOR)[:, :, ::-1]
     np.testing.assert_array_equal(np.round(out * 255).astype(np.uint8), direct)
     assert np.abs(direct.astype(int) - hr256).mean() > 1.0
+
+
+@pytest.mark.parametrize(
+    ("kwargs", "needle"),
+    [  # each made the sampler raise on some samples, or was accepted and meant nothing
+        ({"resize_range": [0.3, 0.9]}, "resize_range must hold 1"),
+        ({"resize_range2": [1.1, 1.2]}, "resize_range2 must hold 1"),
+        ({"betap_range": [1.5, 2.0]}, "betap_range must hold 1"),
+        ({"betag_range2": [0.2, 0.9]}, "betag_range2 must hold 1"),
+        ({"sinc_prob": 1.5}, "sinc_prob is a probability"),
+        ({"gray_noise_prob": -1.0}, "gray_noise_prob is a probability"),
+        ({"second_blur_prob": 2.0}, "second_blur_prob is a probability"),
+        ({"final_sinc_prob": -0.1}, "final_sinc_prob is a probability"),
+        ({"blur_sigma2": [0.0, 1.0]}, "blur_sigma2 must not go below"),
+        ({"noise_range": [-1.0, 3.0]}, "noise_range must not go below 0"),
+        ({"kernel_list2": ["iso"]}, "kernel_prob2 must be 1 non-negative weights"),
+        ({"kernel_list2": ["iso", "iso"], "kernel_prob2": [1, 1]}, "distinct kernel types"),
+    ],
+)
+def test_config_rejects_what_the_sampler_cannot_draw(kwargs: dict, needle: str) -> None:
+    with pytest.raises(ValueError, match=needle):
+        RealESRGANConfig(**kwargs)
+
+
+def test_the_second_stage_draws_from_kernel_list2() -> None:
+    cfg = RealESRGANConfig(
+        kernel_list2=["plateau_iso"], kernel_prob2=[1.0], sinc_prob2=0.0, second_blur_prob=1.0
+    )
+    rng = np.random.Generator(np.random.PCG64(3))
+    kinds = {
+        realesrgan.sample_plan(rng, cfg, (64, 64), 4)["stage2"]["blur"]["type"] for _ in range(20)
+    }
+    assert kinds == {"plateau_iso"}

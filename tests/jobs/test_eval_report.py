@@ -132,7 +132,8 @@ def test_report_renders_in_chromium_without_errors(evaluation, tmp_path):
             browser.close()
     assert problems == []
     assert loaded == [128] * (2 * len(GRID_IMAGES))
-    assert title == "clipsr evaluation: clipsr-x4 version 3" and tables == 3
+    # metrics, caption ablation, image grid, and the table of every sample
+    assert title == "clipsr evaluation: clipsr-x4 version 3" and tables == 4
     assert shot.stat().st_size > 20_000
     pixels = np.asarray(Image.open(shot).convert("RGB"))
     assert pixels.shape[0] > 800 and pixels.std() > 20  # a page with pictures, not blank

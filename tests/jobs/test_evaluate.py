@@ -40,12 +40,13 @@ from tests.services import free_port
 TEST_SAMPLES = 8
 
 
-def _preprocess(corpus: Path, out: Path, scales: str) -> Path:
+def _preprocess(corpus: Path, out: Path, scales: str, *extra: str) -> Path:
     from pipelines.preprocess import run_preprocess
     from pipelines.preprocess_config import load_preprocess_config
 
     overrides = [f"source.path={corpus}", "source.kind=folder", "source.folder_split_dirs=true"]
     overrides += [f"output={out}", "hr_size=128", f"scales={scales}", "samples_per_shard=3"]
+    overrides += list(extra)
     run_preprocess(load_preprocess_config(None, overrides), progress=False)
     return out
 
@@ -138,14 +139,35 @@ def test_registered_model_by_alias_and_version(
     assert run.info.status == "FINISHED"
     assert client.get_experiment(run.info.experiment_id).name == DEFAULT_EXPERIMENT
     # metrics: the contract's names only, all but LPIPS (no weights configured)
-    expected = {metric_key(4, n) for n in METRIC_NAMES if not n.startswith("lpips")}
+    from clipsr.evaluation import ADHERENCE_METRICS
+
+    # photographs declare no attributes: no prompt-adherence metrics
+    skip = {*ADHERENCE_METRICS, "lpips", "lpips_bicubic"}
+    expected = {metric_key(4, n) for n in METRIC_NAMES if n not in skip}
     assert set(run.data.metrics) == expected
     doc = _doc(out / "evaluation.json")
     assert run.data.metrics == pytest.approx(_keyed(doc))
     assert run.data.metrics["x4/samples"] == TEST_SAMPLES
     assert doc["model"] == {
-        "uri": f"models:/{registered}@champion", "name": registered, "version": "1", "scale": 4
+        "uri": f"models:/{registered}@champion", "name": registered, "version": "1", "scale": 4,
+        "clip_weights": "random (no pretrained weights; clipsr-tiny, init seed 0)",
     }  # fmt: skip
+    assert tags["clipsr.eval.clip_weights"] == doc["model"]["clip_weights"]
+    # MLflow's own record: who and what ran it, the test shards and the model as inputs
+    from jobs.registry import who
+
+    assert tags["mlflow.user"] == who() and tags["mlflow.source.name"]
+    (dataset,) = run.inputs.dataset_inputs
+    assert dataset.dataset.digest == manifest_sha[:36] and dataset.dataset.source_type == "s3"
+    assert json.loads(dataset.dataset.profile)["manifest_sha256"] == manifest_sha
+    assert {t.key: t.value for t in dataset.tags}["mlflow.data.context"] == "evaluation"
+    model_id = client.get_model_version(registered, "1").source.removeprefix("models:/")
+    assert [m.model_id for m in run.inputs.model_inputs] == [model_id]
+    linked = client.get_logged_model(model_id).metrics
+    assert {m.key for m in linked} == expected and {m.run_id for m in linked} == {record.run_id}
+    report = (out / "report.html").read_text()
+    assert "CLIP weights: <b>random" in report and "CLIP is randomly initialised" in report
+    assert f"/runs/{record.run_id}" in report and "MLflow run" in report
     assert doc["manifest_sha256"] == manifest_sha and doc["samples"] == TEST_SAMPLES
     artifacts = {a.path for a in client.list_artifacts(record.run_id, "evaluation")}
     assert {"evaluation/evaluation.json", "evaluation/report.html"} <= artifacts
@@ -202,7 +224,13 @@ def test_repeatable_bytes_local_and_ray_and_the_caption_ablation(
         assert png == (tmp_path / "c/images" / name).read_bytes()
     assert str(tmp_path) not in data.decode()  # no temp path but the model URI as given
     doc = json.loads(data)
-    assert doc["model"] == {"uri": str(checkpoint), "name": None, "version": None, "scale": 4}
+    assert doc["model"] == {
+        "uri": str(checkpoint),
+        "name": None,
+        "version": None,
+        "scale": 4,
+        "clip_weights": "random (no pretrained weights; clipsr-tiny, init seed 0)",
+    }
 
     # the ablation: the text changes the output, and the gains are the differences
     m, rows = doc["metrics"]["x4"], doc["per_sample"]["x4"]
@@ -226,6 +254,33 @@ def test_repeatable_bytes_local_and_ray_and_the_caption_ablation(
     small_doc = _doc(small.json_path)
     assert small_doc["samples"] == 4 and small_doc["settings"]["batch_size"] == 2
     assert [r["key"] for r in small_doc["per_sample"]["x4"]] == [r["key"] for r in rows[:4]]
+
+
+def test_prompt_adherence_where_the_shard_set_declares_attributes(ray_session, tiny_clip, tmp_path):
+    from pipelines.bundled_corpus import write_shapes
+
+    write_shapes(tmp_path / "corpus", train=2, test=6)
+    shards = _preprocess(tmp_path / "corpus", tmp_path / "shards", "[16]", "degradation.kind=box")
+    assert read_dataset_manifest(str(shards))["attributes"]["kind"] == "cell-shapes"
+    checkpoint = text_sensitive_checkpoint(
+        tiny_clip, tmp_path / "ck", 16, "model.generator.lr_pre_upsample=1"
+    )
+    result = run_evaluate(_local_cfg(checkpoint, shards, tmp_path / "out", "mode=local"), print)
+    doc = _doc(result.json_path)
+    m, rows = doc["metrics"]["x16"], doc["per_sample"]["x16"]
+    assert m["adherence_samples"] == 6 == len(rows) and m["adherence_chance"] == 0.25
+    objects = sum(r["objects"] for r in rows)
+    assert objects > 6 and all(r["edit_objects"] == 3 * r["objects"] for r in rows)
+    assert m["adherence"] == round(sum(r["adherent"] for r in rows) / objects, 6)
+    assert m["edit_success"] == round(sum(r["edit_hits"] for r in rows) / (3 * objects), 6)
+    assert m["text_gain_shape_psnr"] == round(m["psnr"] - m["psnr_shape_swapped"], 6)
+    assert all(len(r["verdicts"]) == 4 for r in rows)
+    assert "x16/adherence" in result.metrics and "x16/edit_success" in result.metrics
+    report = result.report_path.read_text()
+    assert "Prompt adherence" in report and "Zoomed crops" in report
+    zooms = sorted((tmp_path / "out" / "images").glob("x16_0000_zoom_*.png"))
+    assert len(zooms) == 7  # LR, bicubic, SR true, 3 swapped shapes, HR
+    assert Image.open(zooms[0]).size == (128, 128)  # two 16 px cells at 4x
 
 
 def _lpips_files(directory: Path) -> tuple[Path, Path]:

@@ -38,15 +38,17 @@ from tests.services import MlflowServer, free_port
 
 SHARDS_A = "a" * 64
 SHARDS_B = "b" * 64
-GOOD = {"psnr": 24.0, "ssim": 0.70, "text_gain_psnr": 0.2}
-BETTER = {"psnr": 24.3, "ssim": 0.71, "text_gain_psnr": 0.3}
-WORSE = {"psnr": 23.8, "ssim": 0.71, "text_gain_psnr": 0.3}  # psnr drops 0.2 > 0.05
+BICUBIC = {"psnr_bicubic": 23.5, "ssim_bicubic": 0.65}  # every evaluation has its baseline
+GOOD = {"psnr": 24.0, "ssim": 0.70, "text_gain_psnr": 0.2, **BICUBIC}
+BETTER = {"psnr": 24.3, "ssim": 0.71, "text_gain_psnr": 0.3, **BICUBIC}
+WORSE = {"psnr": 23.8, "ssim": 0.71, "text_gain_psnr": 0.3, **BICUBIC}  # psnr drops 0.2 > 0.05
+BARELY_TRAINED = {"psnr": 23.4, "ssim": 0.66, "text_gain_psnr": 0.0, **BICUBIC}
 _clock = itertools.count()
 
 
 @pytest.fixture(autouse=True)
 def _mlflow_globals(monkeypatch) -> Iterator[None]:
-    monkeypatch.setenv("USER", "alice")
+    monkeypatch.setenv("CLIPSR_USER", "alice")  # else the login name (getpass.getuser())
     yield
     mlflow.set_tracking_uri(None)
 
@@ -349,3 +351,11 @@ def test_corrupt_or_missing_artifact_is_refused(mlflow_server, client, tiny_clip
     assert code == 1 and "generator weights file generator.safetensors is missing" in out
     assert alias(client, name) is None and not promote_tags(client, name, version)
     assert not any(Path(tmp_path / "tmp").glob("clipsr-promote-*"))  # downloads cleaned up
+
+
+def test_a_barely_trained_first_candidate_is_refused(mlflow_server, client, model, capsys):
+    """The default gates: a first champion must beat bicubic PSNR on the evaluation set."""
+    evaluate(client, model, "1", BARELY_TRAINED)
+    code, out = promote(mlflow_server, capsys, "--model", model, "--version", "1")
+    assert code == 1 and "REFUSED" in out and alias(client, model) is None
+    assert "gate psnr over_bicubic: x4/psnr 23.4000 is below 23.5000 (bicubic 23.5000 + 0)" in out

@@ -19,6 +19,7 @@ def test_default_yaml_loads_with_documented_gates():
     assert cfg.alias == "champion" and cfg.experiment == "clipsr-eval" and cfg.verify_artifacts
     rules = {(g.metric, g.rule, g.value, g.required) for g in cfg.gates}
     assert rules == {
+        ("psnr", "over_bicubic", 0.0, True),
         ("psnr", "max_drop", 0.05, True),
         ("ssim", "max_drop", 0.005, True),
         ("lpips", "max_rise", 0.01, False),
@@ -74,7 +75,7 @@ def _by(results):
 
 
 def test_every_gate_and_scale_is_reported_with_values_and_limits():
-    gates = load_promote_config(DEFAULT_CONFIG).gates
+    gates = [g for g in load_promote_config(DEFAULT_CONFIG).gates if g.rule != "over_bicubic"]
     res = _by(apply_gates(gates, CAND, CHAMP, "cand-run", "champ-run"))
     assert len(res) == 8  # 4 gates x 2 scales: nothing short-circuited
     psnr4 = res[("psnr", 4)]
@@ -117,3 +118,23 @@ def test_without_champion_only_absolute_gates_apply():
     assert _by(res)[("x16/psnr", 16)].status == "failed"
     nan = apply_gates([Gate("psnr", "min", 0.0)], {4: {"psnr": float("nan")}}, None)
     assert nan[0].status == "failed" and "not a finite number" in nan[0].note
+
+
+def test_a_first_champion_must_beat_bicubic():
+    """The default gates hold a first champion to its own bicubic baseline (a barely trained
+    model must not become the first champion); lpips, lower is better, the other way round."""
+    gates = load_promote_config(DEFAULT_CONFIG).gates
+    weak = {4: {"psnr": 27.40, "psnr_bicubic": 27.43, "ssim": 0.74, "samples": 18}}
+    res = [r for r in apply_gates(gates, weak, None, "cand-run") if r.rule == "over_bicubic"]
+    assert [(r.status, r.limit) for r in res] == [("failed", pytest.approx(27.43))]
+    assert "x4/psnr 27.4000 is below 27.4300 (bicubic 27.4300 + 0)" in res[0].note
+    good = {4: {**weak[4], "psnr": 27.55}}
+    assert apply_gates(gates[:1], good, None)[0].status == "passed"
+    lpips = [Gate("lpips", "over_bicubic", 0.01)]
+    better = {4: {"lpips": 0.20, "lpips_bicubic": 0.30}}
+    assert apply_gates(lpips, better, None)[0].status == "passed"
+    assert apply_gates(lpips, {4: {"lpips": 0.295, "lpips_bicubic": 0.30}}, None)[0].note
+    missing = apply_gates(gates[:1], {4: {"psnr": 30.0}}, None, "cand-run")[0]
+    assert missing.status == "failed" and "x4/psnr_bicubic not computed" in missing.note
+    with pytest.raises(ConfigError, match=r"gates\[0\]\.metric: over_bicubic needs"):
+        load_promote_config(None, ["gates=[{metric: text_gain_psnr, rule: over_bicubic}]"])

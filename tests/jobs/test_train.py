@@ -95,16 +95,29 @@ def test_two_workers_against_mlflow_server_and_s3(shards, mlflow_server, s3_pref
     result = run_train(cfg)
     assert result.metrics["step"] == 4 and result.model_version == "1"
     client = mlflow.MlflowClient(mlflow_server.uri)
-    history = client.get_metric_history(result.run_id, "loss.g_loss")
+    history = client.get_metric_history(result.run_id, "loss/g_loss")
     assert [m.step for m in history] == [1, 2, 3, 4]
-    assert len(client.get_metric_history(result.run_id, "val_psnr")) == 2
-    assert client.get_metric_history(result.run_id, "val_psnr_bicubic")
+    assert len(client.get_metric_history(result.run_id, "val/psnr")) == 2
+    assert client.get_metric_history(result.run_id, "val/psnr_bicubic")
     run = client.get_run(result.run_id)
     assert run.data.params["model.scale"] == "4" and run.info.status == "FINISHED"
     artifacts = {a.path for a in client.list_artifacts(result.run_id, "samples")}
     assert artifacts == {"samples/step_0000002.png", "samples/step_0000004.png"}
     version = client.get_model_version("clipsr-served", "1")
     assert version.tags["scales"] == "4" and len(version.tags["dataset_manifest_sha256"]) == 64
+    # the complete record: datasets, descriptions, CLIP weights, the URI the other commands take
+    assert result.model_uri == "models:/clipsr-served/1"
+    assert version.tags["clipsr.clip_weights"].startswith("random")
+    assert "4 steps" in version.description and "CLIP weights: random" in version.description
+    assert client.get_registered_model("clipsr-served").description
+    contexts = {
+        d.dataset.name: {t.key: t.value for t in d.tags}["mlflow.data.context"]
+        for d in run.inputs.dataset_inputs
+    }
+    assert sorted(contexts.values()) == ["training", "validation"]
+    assert {d.dataset.digest for d in run.inputs.dataset_inputs} == {
+        version.tags["dataset_manifest_sha256"][:36]
+    }
     opts = storage.StorageOptions(endpoint_url=s3_server.endpoint_url)
     ckpts = storage.list_files(f"{s3_prefix}/runs/served", opts, suffixes=("checkpoint.json",))
     assert len(ckpts) == 2  # checkpoints at steps 2 and 4 (num_to_keep 2) on S3
@@ -224,7 +237,7 @@ def test_a_killed_worker_is_restarted_from_the_last_checkpoint(shards, tmp_path)
     client = mlflow.MlflowClient(f"sqlite:///{run_dir / 'mlflow.db'}")
     experiments = [e.experiment_id for e in client.search_experiments()]
     (run,) = client.search_runs(experiments)  # the store also holds MLflow's empty Default
-    assert "loss.g_loss" in run.data.metrics, sorted(run.data.metrics)
+    assert "loss/g_loss" in run.data.metrics, sorted(run.data.metrics)
 
 
 def test_non_finite_loss_stops_with_the_step_named(shards, tmp_path, ray_session):
@@ -315,3 +328,21 @@ def test_wrong_scale_and_unreachable_tracking_fail_before_ray(shards, tmp_path):
     assert res.returncode == 2 and "Traceback" not in res.stderr
     assert "model.clip.pretrained: 'openaii' is not a pretrained tag of 'clipsr-tiny'" in res.stderr
     assert not (tmp_path / "tiny-x4").exists()  # refused before Ray and MLflow
+
+
+def test_init_from_a_checkpoint_of_another_model_fails_before_ray(
+    shards, tiny_clip, tmp_path, capsys
+):
+    from clipsr.inference import save_generator_checkpoint
+    from clipsr.training import build_generator
+    from jobs.train import main
+    from tests.conftest import tiny_config
+
+    cfg8 = tiny_config(8)
+    save_generator_checkpoint(tmp_path / "x8", cfg8, build_generator(cfg8, tiny_clip), tiny_clip)
+    args = [str(TRAIN_CFG), f"data.shards={shards}", f"run.storage_path={tmp_path}"]
+    assert main([*args, f"run.init_from={tmp_path / 'x8'}"]) == 2
+    err = capsys.readouterr().err
+    assert "run.init_from: the generator weights in" in err and "head.upsample.4" in err
+    assert main([*args, f"run.init_from={tmp_path / 'none'}"]) == 2
+    assert "checkpoint directory not found" in capsys.readouterr().err

@@ -78,4 +78,4 @@ def test_tiny_4x_beats_bicubic_on_held_out_photographs(tmp_path, ray_session):
     )
     result = run_train(cfg)
     m = result.metrics
-    assert m["val_psnr"] > m["val_psnr_bicubic"], m
+    assert m["val/psnr"] > m["val/psnr_bicubic"], m

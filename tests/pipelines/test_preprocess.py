@@ -124,6 +124,7 @@ def test_shards_read_back_with_webdataset(first_run):
     assert summary.samples_in == good + len(EXPECTED_REJECTS)
     assert summary.written == good == sum(s["samples"] for s in manifest["shards"])
     assert set(manifest["splits"]) == {"train", "test"}
+    assert manifest["config"]["png_compression"] == 1  # the fast default, recorded
     sizes = json.loads((out / "sizes.json").read_text())
     assert sizes == {s["tar"]: s["samples"] for s in manifest["shards"]}
     names = sorted(p.name for p in out.glob("*.tar"))
@@ -255,6 +256,7 @@ def test_s3_source_and_output(ray_session, s3_server, s3_prefix, upload_tree, co
         ("scales=[4,6]", "scales: 6 does not divide hr_size 64"),
         ("source.kind=laion", "source.kind"),
         ("output=", "output: required"),
+        ("png_compression=12", "png_compression: 0"),
     ],
 )
 def test_bad_config_fails_before_any_work(corpus, tmp_path, override, needle):

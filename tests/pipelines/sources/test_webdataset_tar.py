@@ -125,3 +125,25 @@ def test_webdataset_validate_errors(tmp_path: Path) -> None:
         list(build_source(SourceConfig(kind="webdataset", path=str(gz))).list_samples())
     with pytest.raises(ValueError, match="source.webdataset_image_ext"):
         build_source(SourceConfig(kind="webdataset", path="x", webdataset_image_ext=[]))
+
+
+def test_webdataset_hostile_member_names_are_rejected_with_a_reason(tmp_path: Path) -> None:
+    """Members that would land outside an extraction target (``../x``, ``/x``) never become
+    samples: their keys are listed with the reason, and nothing of them is read."""
+    tar = write_tar(
+        tmp_path / "hostile.tar",
+        [
+            ("ok.jpg", JPG0),
+            ("ok.txt", b"a fine caption"),
+            ("../evil.jpg", JPG1),
+            ("../evil.txt", b"climbs out"),
+            ("/abs/path.png", PNG2),
+            ("a/../../up.jpg", JPG0),
+        ],
+    )
+    samples = list(build_source(SourceConfig(kind="webdataset", path=str(tar))).list_samples())
+    got = {s.source_id: (s.error, s.byte_range) for s in samples}
+    assert got["hostile.tar/ok"][0] is None
+    for key in ("../evil", "/abs/path", "a/../../up"):
+        assert got[f"hostile.tar/{key}"] == ("unsafe_member_name", None), key
+    assert len(got) == 4
