@@ -3,8 +3,11 @@
 Also ``python -m jobs.train`` (e.g. under ``ray job submit``). Everything that can be wrong is
 checked before Ray starts: the shards (manifest, format version, the requested scale), the
 tracking server, the loss weights files. A rerun with the same ``run.name`` resumes from the
-latest checkpoint, in the same MLflow run. At the end the EMA generator is logged as an MLflow
-pyfunc model (safetensors + config, models-from-code) and registered as a new model version.
+latest checkpoint, in the same MLflow run, which ends FINISHED, FAILED (with the reason) or
+KILLED (Ctrl-C, SIGTERM, a dead driver). At the end the inference checkpoint (EMA generator,
+CLIP, config, checksums) is logged as an MLflow pyfunc model (models-from-code) and registered
+as a new model version; the full training checkpoint stays in the run storage, linked from the
+run (tag ``clipsr.training_checkpoint``).
 """
 
 from __future__ import annotations
@@ -108,14 +111,10 @@ def run_train(cfg) -> TrainResult:
     from jobs.mlflow_record import describe_version, set_descriptions, shard_set_input
     from jobs.ray_setup import train_logging_config, train_runtime_env
     from jobs.run_state import honest_end
-    from jobs.tracking import (
-        RunTracker,
-        check_tracking_uri,
-        log_generator_model,
-        resolve_tracking_uri,
-    )
+    from jobs.tracking import RunTracker, check_tracking_uri, resolve_tracking_uri
     from jobs.train_backend import NodeBoundTorchConfig
     from jobs.train_checks import check_before_fit, check_cluster
+    from jobs.train_export import register_inference_model
     from jobs.train_loop import stop_marker_uri, train_loop_per_worker
     from pipelines import storage
     from pipelines.preprocess import code_version
@@ -229,9 +228,9 @@ def run_train(cfg) -> TrainResult:
         model_uri = version = None
         if checkpoint is not None:
             chatter = ("Successfully registered model", "Created version")  # the summary says it
-            with checkpoint.as_directory() as directory, console.without_lines(*chatter):
-                model_uri, version = log_generator_model(
-                    directory, cfg.tracking.registered_model or None, tags
+            with console.without_lines(*chatter):  # only the inference files are fetched
+                model_uri, version = register_inference_model(
+                    where, opts, tracker, cfg.tracking.registered_model or None, tags
                 )
         if version is not None:
             name = cfg.tracking.registered_model

@@ -72,7 +72,9 @@ def _cfg(shards: Path, storage: str, name: str, *overrides: str):
     )
 
 
-def test_two_workers_against_mlflow_server_and_s3(shards, mlflow_server, s3_prefix, s3_server):
+def test_two_workers_against_mlflow_server_and_s3(
+    shards, mlflow_server, s3_prefix, s3_server, tmp_path
+):
     """Trains, validates, checkpoints to S3, logs over HTTP to a real `mlflow server` whose
     artifacts live on S3, and registers the EMA generator."""
     import mlflow
@@ -121,8 +123,14 @@ def test_two_workers_against_mlflow_server_and_s3(shards, mlflow_server, s3_pref
     opts = storage.StorageOptions(endpoint_url=s3_server.endpoint_url)
     ckpts = storage.list_files(f"{s3_prefix}/runs/served", opts, suffixes=("checkpoint.json",))
     assert len(ckpts) == 2  # checkpoints at steps 2 and 4 (num_to_keep 2) on S3
-    mlart = storage.list_files(mlflow_server.artifacts_uri, opts)
-    assert any(p.endswith("generator.safetensors") for p in mlart)
+    # registered: the inference checkpoint only; the training checkpoint is linked from the run
+    assert run.data.tags["clipsr.training_checkpoint"] == result.checkpoint
+    assert result.checkpoint.startswith(f"{s3_prefix}/runs/served/checkpoint_")
+    in_run = storage.list_files(result.checkpoint, opts)
+    assert any(p.endswith("discriminator.safetensors") for p in in_run)
+    model = mlflow.artifacts.download_artifacts("models:/clipsr-served/1", dst_path=str(tmp_path))
+    registered = {p.name for p in Path(model).rglob("*.safetensors")}
+    assert registered == {"generator.safetensors", "clip.safetensors"}  # CLIP: random weights
     resolver = load_resolver("models:/clipsr-served/1")
     sr = resolver.upscale_tensor(torch.zeros(1, 3, 32, 32), ["a cat"])
     assert sr.shape == (1, 3, 128, 128)
