@@ -46,6 +46,17 @@ def start_watchdog(tracking_uri: str, run_id: str) -> subprocess.Popen:
     )
 
 
+class ClientRun:
+    """A run made with ``MlflowClient.create_run`` (no active run), for :func:`honest_end`."""
+
+    def __init__(self, client: Any, run_id: str, tracking_uri: str):
+        self.client, self.run_id, self.tracking_uri = client, run_id, tracking_uri
+
+    def end(self, status: str) -> None:
+        self.client.set_terminated(self.run_id, status)
+        self.run_id = None
+
+
 def end_run(tracker: Any, status: str, reason: str = "") -> None:
     """End the tracker's run with ``status``, recording ``reason``."""
     if tracker.run_id is None:
@@ -58,7 +69,8 @@ def end_run(tracker: Any, status: str, reason: str = "") -> None:
 
 @contextlib.contextmanager
 def honest_end(tracker: Any) -> Iterator[None]:
-    """Run the block with the tracker's run ending as the module docstring says."""
+    """Run the block with the tracker's run ending as the module docstring says (``tracker``:
+    a started :class:`jobs.tracking.RunTracker` or a :class:`ClientRun`)."""
     watchdog = start_watchdog(tracker.tracking_uri, tracker.run_id)
     main = threading.current_thread() is threading.main_thread()
     previous = signal.signal(signal.SIGTERM, _raise_interrupted) if main else None
