@@ -30,8 +30,9 @@ MANIFEST = "checkpoint.json"
 CONFIG = "config.yaml"
 
 
-class CheckpointError(RuntimeError):
-    """A checkpoint directory is missing, incomplete, corrupt or of another format."""
+class CheckpointError(ValueError):
+    """A checkpoint directory is missing, incomplete, corrupt or of another format (bad input:
+    a command exits 2 on it)."""
 
 
 def save_checkpoint(
