@@ -127,15 +127,15 @@ def run_train(cfg) -> TrainResult:
     cfg.data.endpoint_url = storage.resolve_endpoint(cfg.data.endpoint_url)
     manifest, train_urls, val_urls, manifest_sha = check_inputs(cfg)
     opts = StorageOptions(endpoint_url=cfg.data.endpoint_url)
-    resume = check_before_fit(cfg, train_urls + val_urls, opts)  # nothing a retry cannot fix
-    if resume is not None:
-        log.info("run %s resumes from step %d (%s)", cfg.run.name, resume[1], resume[0])
     storage_path, filesystem = storage.ray_storage(cfg.run.storage_path, opts)
     # one embedded store per storage root, shared by every run under it (evaluate, promote and
     # upscale find ./runs/mlflow.db, the default root's, without flags)
     root = Path(storage_path) if filesystem is None else Path("runs")
     tracking = cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     check_tracking_uri(tracking)  # a dead server fails before Ray starts
+    resume = check_before_fit(cfg, train_urls + val_urls, opts)  # nothing a retry cannot fix
+    if resume is not None:
+        log.info("run %s resumes from step %d (%s)", cfg.run.name, resume[1], resume[0])
     if not cfg.model.clip.has_weights:  # once, here: the workers' copies are not shown
         import warnings
 
