@@ -5,7 +5,8 @@ files, each with its own caption), a fresh process runs the real job (``run_prep
 local Ray) and is stopped as soon as the first shard task starts on a worker. Measured:
 
 - driver peak RSS: the job's own process (not Ray's raylet or workers), sampled every 0.1 s;
-- planning rate: N / (listing + sorting + writing the per-shard plan files);
+- planning rate: N / (listing + sorting + writing the per-shard plan files), per second of
+  wall time and per second of the driver's CPU time (what it would be on an idle core);
 - time to the first shard task: from the job's start (before Ray starts) until a shard task
   runs on a worker.
 
@@ -34,7 +35,7 @@ events = sys.argv[2]
 
 def note(event):
     with open(events, "a") as f:
-        f.write(json.dumps({"event": event, "t": time.time()}) + "\\n")
+        f.write(json.dumps({"event": event, "t": time.time(), "cpu": time.process_time()}) + "\\n")
 
 note("start")
 from pipelines import preprocess
@@ -110,7 +111,7 @@ def measure(manifest: Path, work: Path, per_shard: int, timeout_s: float) -> dic
         start_new_session=True,
     )
     driver, peak = psutil.Process(proc.pid), 0
-    seen: dict[str, float] = {}
+    seen: dict[str, dict] = {}
     deadline = time.monotonic() + timeout_s
     try:
         while "first_task" not in seen:
@@ -123,18 +124,20 @@ def measure(manifest: Path, work: Path, per_shard: int, timeout_s: float) -> dic
             if events.exists():
                 for line in events.read_text().splitlines():
                     record = json.loads(line)
-                    seen.setdefault(record["event"], record["t"])
+                    seen.setdefault(record["event"], record)
             time.sleep(0.1)
     finally:
         kill_tree(proc.pid)
     entries = int(manifest.stem.rsplit("-", 1)[1])
-    planning = seen["plans_written"] - seen["plan_start"]
+    planning = seen["plans_written"]["t"] - seen["plan_start"]["t"]
+    cpu = seen["plans_written"]["cpu"] - seen["plan_start"]["cpu"]
     return {
         "entries": entries,
         "peak_rss_mib": peak / 2**20,
         "planning_s": planning,
         "entries_per_s": entries / planning,
-        "first_task_s": seen["first_task"] - seen["start"],
+        "entries_per_cpu_s": entries / cpu,
+        "first_task_s": seen["first_task"]["t"] - seen["start"]["t"],
     }
 
 
@@ -150,7 +153,8 @@ def run(sizes: list[int], per_shard: int, work: Path, timeout_s: float) -> list[
         r = rows[-1]
         print(
             f"{r['entries']:>9,} entries: driver peak RSS {r['peak_rss_mib']:.0f} MiB, planning "
-            f"{r['planning_s']:.1f}s = {r['entries_per_s']:,.0f} entries/s, first shard task "
+            f"{r['planning_s']:.1f}s = {r['entries_per_s']:,.0f} entries/s (per CPU second of the "
+            f"driver: {r['entries_per_cpu_s']:,.0f}), first shard task "
             f"after {r['first_task_s']:.1f}s  (load {os.getloadavg()[0]:.1f})",
             flush=True,
         )

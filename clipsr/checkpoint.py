@@ -130,3 +130,43 @@ def load_part(
 
 def has_part(directory: str | Path, name: str) -> bool:
     return name in read_manifest(directory)["parts"]
+
+
+INFERENCE_PARTS = ("generator", "clip")  # the EMA generator, and CLIP when not reproducible
+
+
+def inference_files(manifest: dict[str, Any]) -> list[str]:
+    """The files of a training checkpoint that its inference checkpoint is made of."""
+    parts = [e["file"] for n, e in sorted(manifest["parts"].items()) if n in INFERENCE_PARTS]
+    return [MANIFEST, CONFIG, *parts]
+
+
+def write_inference_checkpoint(src: str | Path, dst: str | Path) -> Path:
+    """An inference checkpoint in ``dst`` from the training checkpoint in ``src`` (which needs
+    only :func:`inference_files`): the EMA generator and CLIP parts copied and verified against
+    their sha256, the config, and a manifest without the training state (its step is kept as
+    ``exported_from_step``)."""
+    import shutil
+
+    src, dst = Path(src), Path(dst)
+    manifest = read_manifest(src)
+    if "generator" not in manifest["parts"]:
+        raise CheckpointError(f"{src}: no generator weights to export")
+    dst.mkdir(parents=True, exist_ok=True)
+    parts = {}
+    for name, entry in sorted(manifest["parts"].items()):
+        if name not in INFERENCE_PARTS:
+            continue
+        source = src / entry["file"]
+        if not source.is_file() or sha256_file(source) != entry["sha256"]:
+            raise CheckpointError(f"{source}: missing, or does not match its sha256")
+        shutil.copyfile(source, dst / entry["file"])
+        parts[name] = entry
+    shutil.copyfile(src / CONFIG, dst / CONFIG)
+    info = {k: v for k, v in manifest.items() if k not in ("parts", "training_state")}
+    info["parts"] = parts
+    info["exported_from_step"] = manifest.get("training_state", {}).get("step")
+    tmp = dst / (MANIFEST + ".tmp")
+    tmp.write_text(json.dumps(info, indent=2, sort_keys=True))
+    os.replace(tmp, dst / MANIFEST)
+    return dst

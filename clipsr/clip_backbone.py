@@ -261,6 +261,56 @@ class ClipBackbone(nn.Module):
         return describe_clip_weights(self.cfg, self.weights_source)
 
 
+def check_clip_weights(cfg: ClipConfig) -> None:
+    """What can be checked of the configured CLIP weights without building the model (for jobs
+    that must fail before any work): the architecture, the tag, the file; and on an offline
+    machine (``HF_HUB_OFFLINE=1``) that the tag's weights are in the cache. Raises
+    :class:`ClipWeightsError` naming the config key."""
+    import os
+
+    if cfg.arch.startswith("local-dir:"):
+        path = Path(cfg.arch.removeprefix("local-dir:")).expanduser()
+        if not path.is_dir():
+            raise ClipWeightsError(f"model.clip.arch: directory not found: {path}")
+        return
+    if cfg.arch.startswith("hf-hub:"):
+        return  # resolved by the hub client on load
+    if cfg.arch not in open_clip.list_models():
+        raise ClipWeightsError(
+            f"model.clip.arch: unknown open_clip architecture '{cfg.arch}' "
+            "(see open_clip.list_models(), or use hf-hub:org/repo / local-dir:/path)"
+        )
+    if cfg.checkpoint:
+        if not Path(cfg.checkpoint).expanduser().is_file():
+            raise ClipWeightsError(f"model.clip.checkpoint: file not found: {cfg.checkpoint}")
+        return
+    if not cfg.pretrained or Path(cfg.pretrained).expanduser().is_file():
+        return
+    tags = open_clip.list_pretrained_tags_by_model(cfg.arch)
+    if cfg.pretrained not in tags:
+        raise ClipWeightsError(
+            f"model.clip.pretrained: '{cfg.pretrained}' is not a pretrained tag of "
+            f"'{cfg.arch}' (its tags: {', '.join(tags) or 'none'})"
+        )
+    if os.environ.get("HF_HUB_OFFLINE", "") not in ("", "0"):
+        from open_clip.pretrained import download_pretrained, get_pretrained_cfg
+
+        try:  # offline: finds the cached file, or fails at once
+            found = download_pretrained(
+                get_pretrained_cfg(cfg.arch, cfg.pretrained), cache_dir=cfg.cache_dir or None
+            )
+        except Exception as err:  # the hub client raises several kinds
+            found, reason = "", f"{type(err).__name__}: {err}"
+        else:
+            reason = "not downloaded"
+        if not found:
+            raise ClipWeightsError(
+                f"model.clip.pretrained: the weights of '{cfg.pretrained}' for '{cfg.arch}' are "
+                f"not in the cache and the hub is offline (HF_HUB_OFFLINE=1; {reason}); put them "
+                "in model.clip.cache_dir or set model.clip.checkpoint to a local file"
+            )
+
+
 def _without_weights(cfg: ClipConfig) -> ClipConfig:
     from dataclasses import replace
 

@@ -89,9 +89,7 @@ class SuperResolver:
     ):
         self.cfg = cfg
         self.device = torch.device(device)
-        # the layout training uses (clipsr.training.use_channels_last): faster convolutions, and
-        # outputs equal to the in-memory model's bit for bit
-        self.generator = generator.to(self.device, memory_format=torch.channels_last).eval()
+        self.generator = generator.to(self.device).eval()
         self.clip = clip.to(self.device).eval()
 
     @classmethod

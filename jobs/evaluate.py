@@ -19,6 +19,7 @@ import json
 import shutil
 import sys
 from argparse import SUPPRESS
+from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -198,6 +199,7 @@ def run_evaluate(cfg: EvaluateConfig, log=print) -> EvaluateResult:
         VERSION_TAG_RUN,
         metric_key,
     )
+    from jobs.run_state import ClientRun, honest_end
     from jobs.tracking import check_tracking_uri, default_tracking_uri, load_resolver, run_page
     from pipelines.batch_evaluate import WorkerSpec
     from pipelines.storage import resolve_endpoint
@@ -253,7 +255,8 @@ def run_evaluate(cfg: EvaluateConfig, log=print) -> EvaluateResult:
         log("MLflow: no tracking URI (--tracking-uri or MLFLOW_TRACKING_URI): not logged")
     at = ", ".join(f"{s}x" for s in scales)
     log(f"evaluating {cfg.model} ({at}) on {samples} {cfg.split} samples, {mode} mode")
-    try:
+    ending = honest_end(ClientRun(client, run_id, tracking_uri)) if client else nullcontext()
+    with ending:  # FINISHED, FAILED with the reason, or KILLED (Ctrl-C, SIGTERM, a dead driver)
         if mode == "ray":
             resolver = None  # the actors load their own; free this one
         wrong = _mismatched(cfg, units, mode)
@@ -292,11 +295,6 @@ def run_evaluate(cfg: EvaluateConfig, log=print) -> EvaluateResult:
             if name:
                 client.set_model_version_tag(name, version, VERSION_TAG_RUN, run_id)
                 client.set_model_version_tag(name, version, VERSION_TAG_MANIFEST, sha)
-            client.set_terminated(run_id, "FINISHED")
-    except BaseException:
-        if client is not None:
-            client.set_terminated(run_id, "FAILED")
-        raise
     return EvaluateResult(
         json_path, report_path, run_id, metrics, name, version, sha, samples, mode,
         tracking_uri, experiment_id,

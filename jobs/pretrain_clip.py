@@ -93,6 +93,7 @@ def run_pretrain_clip(cfg) -> PretrainClipResult:
     from clipsr.config_loader import flatten, to_dict
     from jobs.pretrain_clip_loop import WEIGHTS, clip_train_loop
     from jobs.ray_setup import train_logging_config, train_runtime_env
+    from jobs.run_state import honest_end
     from jobs.tracking import RunTracker, check_tracking_uri, resolve_tracking_uri
     from jobs.train import _absolute
     from jobs.train_backend import NodeBoundTorchConfig
@@ -160,7 +161,7 @@ def run_pretrain_clip(cfg) -> PretrainClipResult:
             logging_config=train_logging_config(),
         ),
     )
-    try:
+    with honest_end(tracker):  # FINISHED, FAILED with the reason, or KILLED
         result = trainer.fit()
         if result.checkpoint is None:
             raise RuntimeError("training ended without a checkpoint")
@@ -176,10 +177,6 @@ def run_pretrain_clip(cfg) -> PretrainClipResult:
             json.dumps({"arch": cfg.clip.arch, "steps": cfg.run.steps, "metrics": metrics})
         )
         registered = _register(tracker, cfg, output, tags, metrics)
-    except BaseException:
-        tracker.end("FAILED")
-        raise
-    tracker.end("FINISHED")
     return PretrainClipResult(run_id, str(output), metrics, registered)
 
 

@@ -3,8 +3,11 @@
 Also ``python -m jobs.train`` (e.g. under ``ray job submit``). Everything that can be wrong is
 checked before Ray starts: the shards (manifest, format version, the requested scale), the
 tracking server, the loss weights files. A rerun with the same ``run.name`` resumes from the
-latest checkpoint, in the same MLflow run. At the end the EMA generator is logged as an MLflow
-pyfunc model (safetensors + config, models-from-code) and registered as a new model version.
+latest checkpoint, in the same MLflow run, which ends FINISHED, FAILED (with the reason) or
+KILLED (Ctrl-C, SIGTERM, a dead driver). At the end the inference checkpoint (EMA generator,
+CLIP, config, checksums) is logged as an MLflow pyfunc model (models-from-code) and registered
+as a new model version; the full training checkpoint stays in the run storage, linked from the
+run (tag ``clipsr.training_checkpoint``).
 """
 
 from __future__ import annotations
@@ -107,15 +110,12 @@ def run_train(cfg) -> TrainResult:
     from clipsr.config_loader import flatten, to_dict
     from jobs.mlflow_record import describe_version, set_descriptions, shard_set_input
     from jobs.ray_setup import train_logging_config, train_runtime_env
-    from jobs.tracking import (
-        RunTracker,
-        check_tracking_uri,
-        log_generator_model,
-        resolve_tracking_uri,
-    )
+    from jobs.run_state import honest_end
+    from jobs.tracking import RunTracker, check_tracking_uri, resolve_tracking_uri
     from jobs.train_backend import NodeBoundTorchConfig
-    from jobs.train_checks import check_cluster
-    from jobs.train_loop import nonfinite_marker_uri, train_loop_per_worker
+    from jobs.train_checks import check_before_fit, check_cluster
+    from jobs.train_export import register_inference_model
+    from jobs.train_loop import stop_marker_uri, train_loop_per_worker
     from pipelines import storage
     from pipelines.preprocess import code_version
     from pipelines.ray_cluster import init_ray
@@ -133,6 +133,9 @@ def run_train(cfg) -> TrainResult:
     root = Path(storage_path) if filesystem is None else Path("runs")
     tracking = cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
     check_tracking_uri(tracking)  # a dead server fails before Ray starts
+    resume = check_before_fit(cfg, train_urls + val_urls, opts)  # nothing a retry cannot fix
+    if resume is not None:
+        log.info("run %s resumes from step %d (%s)", cfg.run.name, resume[1], resume[0])
     if not cfg.model.clip.has_weights:  # once, here: the workers' copies are not shown
         import warnings
 
@@ -207,43 +210,49 @@ def run_train(cfg) -> TrainResult:
             logging_config=train_logging_config(),
         ),
     )
-    storage.delete(nonfinite_marker_uri(cfg), opts)
-    try:
-        result = trainer.fit()
-    except Exception as err:
-        tracker.end("FAILED")
-        raise TrainingFailed(f"training failed: {failure_reason(err)}") from err
-    metrics = dict(result.metrics or {})
-    checkpoint = result.checkpoint
-    where = "none"
-    if checkpoint is not None:  # pyarrow's paths have no scheme: give users the URI
-        where = storage.to_uri(cfg.run.storage_path, checkpoint.path)
-    if storage.exists(nonfinite_marker_uri(cfg), opts):
-        info = json.loads(storage.read_bytes(nonfinite_marker_uri(cfg), opts))
-        tracker.end("FAILED")
-        raise TrainingFailed(
-            f"non-finite loss at step {info['step']} ({info['error']}); "
-            f"the last good checkpoint is {where}"
-        )
-    model_uri = version = None
-    if checkpoint is not None:
-        chatter = ("Successfully registered model", "Created version")  # the summary says it
-        with checkpoint.as_directory() as directory, console.without_lines(*chatter):
-            model_uri, version = log_generator_model(
-                directory, cfg.tracking.registered_model or None, tags
+    storage.delete(stop_marker_uri(cfg), opts)
+    with honest_end(tracker):  # FINISHED, FAILED with the reason, or KILLED
+        try:
+            result = trainer.fit()
+        except Exception as err:
+            raise TrainingFailed(f"training failed: {failure_reason(err)}") from err
+        metrics = dict(result.metrics or {})
+        checkpoint = result.checkpoint
+        where = "none"
+        if checkpoint is not None:  # pyarrow's paths have no scheme: give users the URI
+            where = storage.to_uri(cfg.run.storage_path, checkpoint.path)
+        if storage.exists(stop_marker_uri(cfg), opts):
+            raise TrainingFailed(
+                _stopped(json.loads(storage.read_bytes(stop_marker_uri(cfg), opts)), where)
             )
-    if version is not None:
-        name = cfg.tracking.registered_model
-        model_uri = f"models:/{name}/{version}"
-        steps = int(metrics.get("step", cfg.run.steps))
-        text = describe_version(
-            cfg.model.scale, cfg.run.name, steps, cfg.data.shards, manifest_sha, clip_weights,
-            cfg.model.all_scales,
-        )  # fmt: skip
-        set_descriptions(tracker.client, name, version, text)
-    experiment_id = tracker.client.get_run(run_id).info.experiment_id
-    tracker.end("FINISHED")
+        model_uri = version = None
+        if checkpoint is not None:
+            chatter = ("Successfully registered model", "Created version")  # the summary says it
+            with console.without_lines(*chatter):  # only the inference files are fetched
+                model_uri, version = register_inference_model(
+                    where, opts, tracker, cfg.tracking.registered_model or None, tags
+                )
+        if version is not None:
+            name = cfg.tracking.registered_model
+            model_uri = f"models:/{name}/{version}"
+            steps = int(metrics.get("step", cfg.run.steps))
+            text = describe_version(
+                cfg.model.scale, cfg.run.name, steps, cfg.data.shards, manifest_sha, clip_weights,
+                cfg.model.all_scales,
+            )  # fmt: skip
+            set_descriptions(tracker.client, name, version, text)
+        experiment_id = tracker.client.get_run(run_id).info.experiment_id
     return TrainResult(run_id, where, metrics, model_uri, version, tracking_uri, experiment_id)
+
+
+def _stopped(info: dict, where: str) -> str:
+    """The message of a run its workers stopped (see jobs.train_loop.stop_marker_uri)."""
+    if info.get("kind") == "setup":
+        return f"the workers could not start (not retried): {info['error']}"
+    return (
+        f"non-finite loss at step {info['step']} ({info['error']}); "
+        f"the last good checkpoint is {where}"
+    )
 
 
 def configured_clip_weights(clip) -> str:
@@ -315,6 +324,7 @@ def build_parser() -> console.Parser:
 @console.command(PROG)
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    from jobs.run_state import Interrupted
     from jobs.tracking import TrackingUnavailable
     from jobs.train_config import load_train_config
 
@@ -325,6 +335,8 @@ def main(argv: list[str] | None = None) -> int:
         return console.fail(PROG, err, 2)
     except TrainingFailed as err:
         return console.fail(PROG, err, 1)
+    except Interrupted as err:  # Ctrl-C or SIGTERM: the MLflow run ended KILLED
+        return console.fail(PROG, f"{err}; the run ends KILLED", 130)
     print(format_result(result))
     return 0
 

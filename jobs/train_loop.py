@@ -23,6 +23,28 @@ import torch.distributed as dist
 log = logging.getLogger("clipsr.train")
 
 
+def _setup_errors() -> tuple[type[BaseException], ...]:
+    from clipsr.checkpoint import CheckpointError
+    from clipsr.clip_backbone import ClipWeightsError
+    from clipsr.config_loader import ConfigError
+
+    return (CheckpointError, ClipWeightsError, ConfigError, FileNotFoundError)
+
+
+def _stopped_in_setup(cfg, rank: int, step: int, error: BaseException | None, device) -> bool:
+    """Whether any rank's set-up failed (collective: every rank returns the same); a failed rank
+    writes the stop marker the driver reports (a retry would fail the same way), and every rank
+    then reports once and stops."""
+    import ray.train
+
+    if error is not None:
+        write_stop_marker(cfg, {"kind": "setup", "step": step, "error": f"rank {rank}: {error}"})
+    if _all_finite(torch.tensor(0.0 if error is None else float("nan"), device=device)):
+        return False
+    ray.train.report({"step": step})
+    return True
+
+
 def _all_finite(t: torch.Tensor) -> bool:
     """Whether ``t`` (the step's losses) is finite on every rank: one 1-float all-reduce."""
     flag = torch.isfinite(t.detach()).all().float().reshape(1)
@@ -84,13 +106,20 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     if not cfg.run.use_gpu:  # one intra-op thread per reserved CPU, whoever started Ray
         torch.set_num_threads(max(1, int(cfg.run.cpus_per_worker)))
     torch.manual_seed(cfg.seed + rank)
-    init = cfg.run.init_from
-    models = build_models(cfg, clip=initial_clip(cfg, init) if init else None).to(device)
-    ema = EMA(models.generator, cfg.run.ema_decay, warmup=cfg.run.ema_warmup)
-    if init:  # a resume below overwrites every part again
-        loaded = load_initial_weights(init, models, ema)
-        if rank == 0:
-            log.info("weights from %s: %s", init, ", ".join(loaded))
+    step, error, checkpoint = 0, None, None
+    try:  # what fails here fails the same way on every retry: stopped, not retried
+        init = cfg.run.init_from
+        models = build_models(cfg, clip=initial_clip(cfg, init) if init else None).to(device)
+        ema = EMA(models.generator, cfg.run.ema_decay, warmup=cfg.run.ema_warmup)
+        if init:  # a resume below overwrites every part again
+            loaded = load_initial_weights(init, models, ema)
+            if rank == 0:
+                log.info("weights from %s: %s", init, ", ".join(loaded))
+        checkpoint = ray.train.get_checkpoint()
+    except _setup_errors() as err:
+        error = err
+    if _stopped_in_setup(cfg, rank, step, error, device):
+        return
     ddp = ddp_options(cfg.run.use_gpu)
     multi = ddp_options(cfg.run.use_gpu, multi_scale=len(cfg.model.all_scales) > 1)
     models.generator = ray.train.torch.prepare_model(
@@ -101,17 +130,19 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
     )
     optimizers = build_optimizers(models, cfg.optim)
     precision = Precision.create(cfg.run.precision, device)
+    try:
+        if checkpoint is not None:
+            with checkpoint.as_directory() as directory:
+                step = load_training_checkpoint(
+                    directory, models, optimizers, ema, precision, device=device
+                )
+    except _setup_errors() as err:
+        error = err
+    if _stopped_in_setup(cfg, rank, step, error, device):
+        return
     base_lrs = [cfg.optim.generator_lr, cfg.optim.discriminator_lr]
-
-    step = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint is not None:
-        with checkpoint.as_directory() as directory:
-            step = load_training_checkpoint(
-                directory, models, optimizers, ema, precision, device=device
-            )
-        if rank == 0:
-            log.info("resumed from the checkpoint at step %d", step)
+    if checkpoint is not None and rank == 0:
+        log.info("resumed from the checkpoint at step %d", step)
 
     opener = functools.partial(_open, endpoint=cfg.data.endpoint_url)
     stream = TrainingBatchStream(
@@ -166,7 +197,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
             # every rank got here together (the check is collective): stop without retrying;
             # the driver reads the marker (reports without a checkpoint do not reach it)
             if rank == 0:
-                write_nonfinite_marker(cfg, {"step": step + 1, "error": str(err)})
+                write_stop_marker(cfg, {"kind": "nonfinite", "step": step + 1, "error": str(err)})
             ray.train.report({"step": step})
             return
         ema.update(models.generator, step)
@@ -283,16 +314,18 @@ def _report_checkpoint(cfg, models, optimizers, ema, precision, step, rank, metr
         ray.train.report(report, checkpoint=ray.train.Checkpoint.from_directory(directory))
 
 
-def nonfinite_marker_uri(cfg) -> str:
+def stop_marker_uri(cfg) -> str:
+    """Where rank 0 says why every rank stopped without an error Ray Train would retry
+    (``kind``: ``nonfinite`` loss, or a ``setup`` error such as a damaged checkpoint)."""
     from pipelines import storage
 
-    return storage.join(cfg.run.storage_path, cfg.run.name, "nonfinite.json")
+    return storage.join(cfg.run.storage_path, cfg.run.name, "stopped.json")
 
 
-def write_nonfinite_marker(cfg, info: dict) -> None:
+def write_stop_marker(cfg, info: dict) -> None:
     import json
 
     from pipelines import storage
 
     opts = storage.StorageOptions(endpoint_url=cfg.data.endpoint_url)
-    storage.write_bytes(nonfinite_marker_uri(cfg), json.dumps(info).encode(), opts)
+    storage.write_bytes(stop_marker_uri(cfg), json.dumps(info).encode(), opts)

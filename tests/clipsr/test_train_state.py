@@ -59,3 +59,33 @@ def test_training_checkpoint_is_an_inference_checkpoint_of_the_ema(tiny_clip, tm
     with torch.no_grad():
         expected = ema.model(lr, tiny_clip.encode_text(["x"]), tiny_clip).clamp(-1, 1)
     assert torch.equal(resolver.upscale_tensor(lr, ["x"]), expected)
+
+
+def test_the_inference_checkpoint_keeps_only_what_inference_needs(tiny_clip, tmp_path):
+    from clipsr.checkpoint import inference_files, read_manifest, write_inference_checkpoint
+
+    cfg, models, opts, ema = _setup(tiny_clip)
+    _steps(cfg, models, opts, ema, tiny_clip, 0, 2)
+    save_training_checkpoint(tmp_path / "ck", cfg, models, opts, ema, Precision(), step=2)
+    training = read_manifest(tmp_path / "ck")
+    assert inference_files(training) == [
+        "checkpoint.json", "config.yaml", "clip.safetensors", "generator.safetensors"
+    ]  # fmt: skip
+    out = write_inference_checkpoint(tmp_path / "ck", tmp_path / "inference")
+    manifest = read_manifest(out)
+    assert sorted(manifest["parts"]) == ["clip", "generator"]
+    assert manifest["parts"]["generator"] == training["parts"]["generator"]  # same sha256
+    assert "training_state" not in manifest and manifest["exported_from_step"] == 2
+    assert sorted(p.name for p in out.iterdir()) == sorted(inference_files(training))
+    lr = torch.rand(1, 3, 32, 32) * 2 - 1
+    full = SuperResolver.from_checkpoint(tmp_path / "ck", device="cpu")
+    small = SuperResolver.from_checkpoint(out, device="cpu")
+    assert torch.equal(small.upscale_tensor(lr, ["x"]), full.upscale_tensor(lr, ["x"]))
+    generator = tmp_path / "ck" / "generator.safetensors"
+    generator.write_bytes(generator.read_bytes()[:-1] + b"\0")
+    import pytest
+
+    from clipsr.checkpoint import CheckpointError
+
+    with pytest.raises(CheckpointError, match="does not match its sha256"):
+        write_inference_checkpoint(tmp_path / "ck", tmp_path / "again")

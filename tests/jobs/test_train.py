@@ -72,7 +72,9 @@ def _cfg(shards: Path, storage: str, name: str, *overrides: str):
     )
 
 
-def test_two_workers_against_mlflow_server_and_s3(shards, mlflow_server, s3_prefix, s3_server):
+def test_two_workers_against_mlflow_server_and_s3(
+    shards, mlflow_server, s3_prefix, s3_server, tmp_path
+):
     """Trains, validates, checkpoints to S3, logs over HTTP to a real `mlflow server` whose
     artifacts live on S3, and registers the EMA generator."""
     import mlflow
@@ -121,8 +123,14 @@ def test_two_workers_against_mlflow_server_and_s3(shards, mlflow_server, s3_pref
     opts = storage.StorageOptions(endpoint_url=s3_server.endpoint_url)
     ckpts = storage.list_files(f"{s3_prefix}/runs/served", opts, suffixes=("checkpoint.json",))
     assert len(ckpts) == 2  # checkpoints at steps 2 and 4 (num_to_keep 2) on S3
-    mlart = storage.list_files(mlflow_server.artifacts_uri, opts)
-    assert any(p.endswith("generator.safetensors") for p in mlart)
+    # registered: the inference checkpoint only; the training checkpoint is linked from the run
+    assert run.data.tags["clipsr.training_checkpoint"] == result.checkpoint
+    assert result.checkpoint.startswith(f"{s3_prefix}/runs/served/checkpoint_")
+    in_run = storage.list_files(result.checkpoint, opts)
+    assert any(p.endswith("discriminator.safetensors") for p in in_run)
+    model = mlflow.artifacts.download_artifacts("models:/clipsr-served/1", dst_path=str(tmp_path))
+    registered = {p.name for p in Path(model).rglob("*.safetensors")}
+    assert registered == {"generator.safetensors", "clip.safetensors"}  # CLIP: random weights
     resolver = load_resolver("models:/clipsr-served/1")
     sr = resolver.upscale_tensor(torch.zeros(1, 3, 32, 32), ["a cat"])
     assert sr.shape == (1, 3, 128, 128)
@@ -170,6 +178,16 @@ def test_resume_equals_uninterrupted(shards, tmp_path, ray_session):
         b = load_part(second.checkpoint, part)
         for key in a:
             torch.testing.assert_close(a[key], b[key], rtol=0, atol=1e-6, msg=f"{part}.{key}")
+    # a rerun that could not work is refused on the driver, before Ray Train retries it
+    from clipsr.config_loader import ConfigError
+
+    more = ("run.steps=6", "run.checkpoint_every=2", "run.validate_every=100")
+    with pytest.raises(ConfigError, match=r"model\.clip\.init_seed: differs from the checkpoint"):
+        run_train(_cfg(shards, str(tmp_path), "resumed", *more, "model.clip.init_seed=7"))
+    damaged = Path(second.checkpoint) / "generator_live.safetensors"
+    damaged.write_bytes(damaged.read_bytes()[:-1] + b"\0")
+    with pytest.raises(ConfigError, match=r"resume from, .*, is damaged \(generator_live"):
+        run_train(_cfg(shards, str(tmp_path), "resumed", *more))
 
 
 def test_a_killed_worker_is_restarted_from_the_last_checkpoint(shards, tmp_path):
@@ -312,6 +330,14 @@ def test_wrong_scale_and_unreachable_tracking_fail_before_ray(shards, tmp_path):
     assert res.returncode == 2 and "http://127.0.0.1:9" in res.stderr
     assert time.time() - start < 60
     assert not (tmp_path / "tiny-x4").exists()  # nothing started
+    res = subprocess.run(
+        [sys.executable, "-m", "jobs.train", str(TRAIN_CFG), f"data.shards={shards}",
+         f"run.storage_path={tmp_path}", "model.clip.pretrained=openaii"],
+        cwd=ROOT, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert res.returncode == 2 and "Traceback" not in res.stderr
+    assert "model.clip.pretrained: 'openaii' is not a pretrained tag of 'clipsr-tiny'" in res.stderr
+    assert not (tmp_path / "tiny-x4").exists()  # refused before Ray and MLflow
 
 
 def test_init_from_a_checkpoint_of_another_model_fails_before_ray(
