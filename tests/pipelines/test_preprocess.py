@@ -292,3 +292,18 @@ def test_shipped_preprocess_configs_load():
     for path in sorted((ROOT / "configs" / "preprocess").glob("*.yaml")):
         cfg = load_preprocess_config(path)
         assert cfg.source.path and cfg.output
+
+
+def test_small_shards_go_several_to_a_ray_task():
+    from pipelines.preprocess import task_groups
+
+    def plans(n, size):
+        return [{"name": f"train-{i:06d}", "samples": [{}] * size} for i in range(n)]
+
+    small = plans(20, 50)  # 1,000 samples in shards of 50, two writers
+    groups = task_groups(small, 2)
+    assert [len(g) for g in groups] == [5] * 4 and sum(groups, []) == small
+    assert [len(g) for g in task_groups(plans(80, 50), 2)] == [20] * 4  # 1,000 samples a task
+    assert [len(g) for g in task_groups(plans(3, 1000), 2)] == [1] * 3  # big shards: one each
+    assert [len(g) for g in task_groups(plans(3, 10), 2)] == [1] * 3  # two tasks per writer
+    assert task_groups([], 4) == []
