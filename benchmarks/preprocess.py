@@ -20,6 +20,10 @@ Goals (issue 16): the Ray job >= 0.85x of the loop per core at 1,000 samples and
 
     python benchmarks/preprocess.py                      # S = 1,000 and 4 S = 4,000
     python benchmarks/preprocess.py --samples 200 --repeat 3
+    python benchmarks/preprocess.py --planning 100000 1000000 4000000
+
+``--planning``: the driver's peak RSS, planning rate and time to the first shard task at
+those manifest sizes (``benchmarks/preprocess_planning.py``).
 """
 
 from __future__ import annotations
@@ -41,12 +45,14 @@ ROOT = Path(__file__).resolve().parents[1]
 
 LOOP = """
 import json, sys, time
-from pipelines.preprocess import plan_shards
+from pipelines.preprocess_plan import plan_preprocess, plan_uri, read_shard_plan, write_plan_files
 from pipelines.preprocess_config import load_preprocess_config
 from pipelines.shard_writer import write_shard
 cfg = load_preprocess_config(sys.argv[1], sys.argv[2:])
 start = time.time()
-plans, _ = plan_shards(cfg)
+plan = plan_preprocess(cfg)
+write_plan_files(plan, cfg, {s.name for s in plan.shards})
+plans = (read_shard_plan(plan_uri(cfg.output, s.name), s.name, s.split, cfg) for s in plan.shards)
 n = sum(write_shard(p, cfg)["samples_in"] for p in plans)
 print(json.dumps({"samples": n, "seconds": time.time() - start}))
 """
@@ -144,7 +150,14 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=os.cpu_count())
     parser.add_argument("--per-shard", type=int, default=50)
     parser.add_argument("--repeat", type=int, default=1, help="interleaved rounds")
+    parser.add_argument("--planning", type=int, nargs="+", metavar="N", help="planning case")
     args = parser.parse_args()
+    if args.planning:
+        import preprocess_planning as planning  # (a module-level name: ``run`` here is ours)
+
+        with tempfile.TemporaryDirectory(prefix="clipsr-plan-bench-") as tmp:
+            planning.report(planning.run(sorted(args.planning), 1000, Path(tmp), timeout_s=3600))
+        return
     sys.stdout.reconfigure(line_buffering=True)
     sizes = {"S": args.samples, "4S": 4 * args.samples}
     arms: dict[str, list[dict]] = {}

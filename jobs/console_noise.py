@@ -37,7 +37,9 @@ NOISE = {
         r"logging_progress\.py|streaming_executor\.py|Running Dataset|Progress bars disabled"
         r"|Progress will be logged|Total Progress:|Active & requested resources"
     ),
-    "ray core": r"core_worker\.cc|logging\.cc|INFO worker\.py|Started a local Ray instance",
+    "ray core": (
+        r"core_worker\.cc|logging\.cc|mutex\.cc|INFO worker\.py|Started a local Ray instance"
+    ),
     "python traceback": r"Traceback \(most recent call last\)|^\s+File \"",
 }
 _NOISE = {name: re.compile(pattern) for name, pattern in NOISE.items()}

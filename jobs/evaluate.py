@@ -88,6 +88,17 @@ def _device(cfg: EvaluateConfig) -> str:
     return cfg.device or ("cuda" if torch.cuda.is_available() else "cpu")
 
 
+def _check_cluster(cfg: EvaluateConfig, model_uri: str, backbone: str, linear: str) -> None:
+    """Multi-node guardrails (pipelines/cluster_guard.py) for what the actors read."""
+    from pipelines.cluster_guard import check_cluster_paths, local_path
+    from pipelines.ray_cluster import init_ray
+
+    reads = {"shards": cfg.shards, "model": local_path(model_uri)}
+    reads |= {"lpips_backbone_weights": backbone, "lpips_linear_weights": linear}
+    ray = init_ray(cfg.ray_address, log_to_driver=False)
+    check_cluster_paths(ray, "shared_filesystem", cfg.shared_filesystem, reads, {})
+
+
 def _evaluate(cfg: EvaluateConfig, units: list, spec: Any, resolver: Any, mode: str) -> list:
     """Rows of every sample, computed here or on Ray."""
     from clipsr.evaluation import mismatched_captions, read_captions
@@ -200,6 +211,8 @@ def run_evaluate(cfg: EvaluateConfig, log=print) -> EvaluateResult:
         backbone, linear, cfg.endpoint_url, attributes,
     )  # fmt: skip
     sha = manifest_sha256(manifest)
+    if mode == "ray":
+        _check_cluster(cfg, load_uri, backbone, linear)
 
     client, run_id, run, experiment_id = None, None, None, ""
     if tracking_uri:

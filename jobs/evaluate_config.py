@@ -69,6 +69,11 @@ class EvaluateConfig:
     lpips_linear_weights: str = _f(
         "", "LPIPS linear layers weights file (with lpips_backbone_weights)"
     )
+    shared_filesystem: bool = _f(
+        False,
+        "ray mode: local shards, model and weights are on a filesystem mounted at the same path "
+        "on every node (checked); without it a multi-node cluster refuses local paths",
+    )
 
     def validate(self) -> None:
         if not self.model:

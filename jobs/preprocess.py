@@ -21,6 +21,9 @@ def build_parser() -> console.Parser:
     p.add_argument("overrides", nargs="*", help="overrides such as output=s3://b/p scales=[4,8]")
     p.add_argument("--overwrite", action="store_true", help="start over (ignore committed shards)")
     p.add_argument("--no-progress", action="store_true", help="no progress bar")
+    p.add_argument(
+        "--plan-only", action="store_true", help="print the splits and shard counts, then stop"
+    )
     return p
 
 
@@ -43,7 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     cfg = load_preprocess_config(args.config, args.overrides)
     if args.overwrite:
         cfg.overwrite = True
-    summary = run_preprocess(cfg, progress=not args.no_progress)
+    summary = run_preprocess(cfg, progress=not args.no_progress, plan_only=args.plan_only)
+    if args.plan_only:
+        print(f"plan: {summary.listed} listed, {summary.duplicates} duplicates; {summary.shards} "
+              f"shards, planned in {summary.planning_seconds:.1f}s")  # fmt: skip
+        for split, c in summary.splits.items():
+            print(f"  {split}: {c['samples']} samples in {c['shards']} shards")
+        return 0
     print(summary_line(summary))
     if summary.total_written == 0:
         return console.fail(

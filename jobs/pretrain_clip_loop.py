@@ -194,16 +194,21 @@ def clip_train_loop(config: dict[str, Any]) -> None:
             window = time.perf_counter()
             metrics |= {
                 "loss/contrastive": float(loss.detach()),
-                "clip/logit_scale": float(plain.logit_scale.exp()),
+                "clip/logit_scale": float(plain.logit_scale.detach().exp()),
                 "perf/steps_per_s": 1 / max(per_step, 1e-9),
             }
             if rank == 0:
-                log.info("step %d/%d  loss %.4f", step, cfg.run.steps, float(loss.detach()))
+                log.debug("step %d/%d  loss %.4f", step, cfg.run.steps, float(loss.detach()))
         if rank == 0 and (step % cfg.run.eval_every == 0 or step == cfg.run.steps):
             metrics |= evaluate_clip(
                 plain, tokenizer, clip_input, _to(eval_batch, device), config.get("attributes")
             )
-            log.info("step %d eval: %s", step, {k: round(v, 3) for k, v in metrics.items()})
+            shown = ", ".join(
+                f"{k.removeprefix('clip/')} {v:.0%}"
+                for k, v in metrics.items()
+                if k.startswith(("clip/zero_shot", "clip/image_to_text"))
+            )
+            log.info("step %d/%d held-out: %s", step, cfg.run.steps, shown)
         if tracker is not None and metrics:
             tracker.log_metrics(metrics, step)
         if step % cfg.run.checkpoint_every == 0 or step == cfg.run.steps:

@@ -33,7 +33,15 @@ def quiet_placement_group_cleaner() -> None:
 
 
 def worker_setup() -> None:
-    """Ray ``worker_process_setup_hook`` of every worker of the job (see the module docstring)."""
+    """Ray ``worker_process_setup_hook`` of every worker of the job (see the module docstring).
+
+    It also names the worker's own cluster in ``RAY_ADDRESS``: the cleaner looks its cluster up
+    from the environment, and on a machine with several Ray instances (other users' jobs) it
+    cannot tell which is its own and its monitor thread dies with a traceback."""
+    import ray
+
+    if not os.environ.get("RAY_ADDRESS") and ray.is_initialized():
+        os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
     if os.environ.get(QUIET_CLEANER_ENV) == "1":
         quiet_placement_group_cleaner()
     console.quiet_worker_logging()

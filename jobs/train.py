@@ -114,6 +114,7 @@ def run_train(cfg) -> TrainResult:
         resolve_tracking_uri,
     )
     from jobs.train_backend import NodeBoundTorchConfig
+    from jobs.train_checks import check_cluster
     from jobs.train_loop import nonfinite_marker_uri, train_loop_per_worker
     from pipelines import storage
     from pipelines.preprocess import code_version
@@ -130,8 +131,23 @@ def run_train(cfg) -> TrainResult:
     # one embedded store per storage root, shared by every run under it (evaluate, promote and
     # upscale find ./runs/mlflow.db, the default root's, without flags)
     root = Path(storage_path) if filesystem is None else Path("runs")
+    tracking = cfg.tracking.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI", "")
+    check_tracking_uri(tracking)  # a dead server fails before Ray starts
+    if not cfg.model.clip.has_weights:  # once, here: the workers' copies are not shown
+        import warnings
+
+        from clipsr.clip_backbone import RandomClipWeightsWarning, random_clip_message
+
+        warnings.warn(random_clip_message(cfg.model.clip), RandomClipWeightsWarning, 2)
+    init_ray(
+        cfg.run.ray_address,
+        log_to_driver=True,
+        runtime_env=train_runtime_env(
+            {"OMP_NUM_THREADS": str(max(1, int(cfg.run.cpus_per_worker)))}
+        ),
+    )
+    check_cluster(ray, cfg, tracking or f"sqlite:///{root / 'mlflow.db'}")  # before any work
     tracking_uri, artifact_location = resolve_tracking_uri(cfg.tracking.tracking_uri, root)
-    check_tracking_uri(tracking_uri)
     config_hash = hashlib.sha256(json.dumps(to_dict(cfg), sort_keys=True).encode()).hexdigest()
     clip_weights = configured_clip_weights(cfg.model.clip)
     tags = {
@@ -163,19 +179,6 @@ def run_train(cfg) -> TrainResult:
     )
     tracker.log_dict(manifest, "dataset/manifest.json")
     tracker.log_dict(to_dict(cfg), "config/resolved_config.json")
-    if not cfg.model.clip.has_weights:  # once, here: the workers' copies are not shown
-        import warnings
-
-        from clipsr.clip_backbone import RandomClipWeightsWarning, random_clip_message
-
-        warnings.warn(random_clip_message(cfg.model.clip), RandomClipWeightsWarning, 2)
-    init_ray(
-        cfg.run.ray_address,
-        log_to_driver=True,
-        runtime_env=train_runtime_env(
-            {"OMP_NUM_THREADS": str(max(1, int(cfg.run.cpus_per_worker)))}
-        ),
-    )
     resources = {"CPU": cfg.run.cpus_per_worker}
     if cfg.run.use_gpu:
         resources["GPU"] = cfg.run.gpus_per_worker

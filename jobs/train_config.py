@@ -59,6 +59,10 @@ class TrainRunConfig:
     # and data start afresh. Ignored once the run has checkpoints of its own (it resumes).
     init_from: str = ""
     ray_address: str = ""
+    # Local paths (data.shards, run.storage_path, weights, a sqlite MLflow store) are on a
+    # filesystem mounted at the same path on every node: allowed on a multi-node cluster, after
+    # a check that every node sees them. Without it, a multi-node cluster refuses local paths.
+    shared_filesystem: bool = False
 
 
 @dataclass

@@ -67,6 +67,11 @@ def build_parser() -> argparse.ArgumentParser:
     batch.add_argument("--workers", type=int, help=argparse.SUPPRESS)  # the old --concurrency
     batch.add_argument("--batch-size", type=int, default=8, help="images per forward pass")
     batch.add_argument("--local", action="store_true", help="run in this process, no Ray")
+    batch.add_argument(
+        "--shared-filesystem",
+        action="store_true",
+        help="local paths are mounted at the same place on every Ray node (checked)",
+    )
     return p
 
 
@@ -139,6 +144,7 @@ def run_files(args: argparse.Namespace) -> int:
 def run_batch(args: argparse.Namespace) -> int:
     """A folder or a shard set through pipelines.batch_upscale (Ray Data, or --local)."""
     from pipelines.batch_upscale import BatchConfigError, run_batch_upscale
+    from pipelines.cluster_guard import SharedStorageError
 
     try:
         result = run_batch_upscale(
@@ -156,9 +162,10 @@ def run_batch(args: argparse.Namespace) -> int:
             concurrency=args.concurrency,
             batch_size=args.batch_size,
             use_ray=not args.local,
+            shared_filesystem=args.shared_filesystem,
             device=args.device,
         )
-    except BatchConfigError as err:
+    except (BatchConfigError, SharedStorageError) as err:
         return _fail(str(err))
     reasons = ", ".join(f"{n} {r}" for r, n in result.reasons.items())
     print(

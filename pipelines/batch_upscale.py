@@ -34,7 +34,9 @@ from clipsr.images import ImageRejected, decode_image
 from clipsr.shard_dataset import iter_samples
 from clipsr.shards import SIZES, ShardSample, lr_member, sample_key, write_tar
 from pipelines import storage
+from pipelines.cluster_guard import check_cluster_paths, local_path
 from pipelines.local_paths import blocking_file
+from pipelines.ray_cluster import init_ray
 from pipelines.sources.base import CAPTION_MISSING, captions_from_bytes, strip_ext
 from pipelines.sources.folder import FolderSource
 from pipelines.storage import StorageOptions
@@ -77,6 +79,7 @@ class BatchUpscaleConfig:
     batch_size: int = 8
     samples_per_chunk: int = 64
     use_ray: bool = True  # False: the same steps in this process
+    shared_filesystem: bool = False  # local paths: mounted alike on every Ray node (checked)
     device: str | None = None  # without Ray; default: cuda if present
     progress: bool = True
 
@@ -300,10 +303,11 @@ def write_chunk(row: dict[str, Any], cfg: BatchUpscaleConfig) -> dict[str, Any]:
 def _ray_results(rows: list[dict], cfg: BatchUpscaleConfig):
     import ray
 
-    from pipelines.ray_cluster import init_ray
-
     started = not ray.is_initialized()
     init_ray("", log_to_driver=False)
+    reads = {"--input-dir": cfg.input_dir, "--shards": cfg.shards}
+    reads["--model"], switch = local_path(cfg.model_uri), "--shared-filesystem"
+    check_cluster_paths(ray, switch, cfg.shared_filesystem, reads, {"--out": cfg.out})
     resources = ray.cluster_resources()
     if cfg.gpu and started and resources.get("GPU", 0) < 1:
         raise BatchConfigError("--gpu: the local Ray instance has no GPU")

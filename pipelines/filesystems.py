@@ -79,6 +79,8 @@ _lock = threading.Lock()
 
 def scheme(uri: str) -> str:
     """``s3``, ``gs``, ``abfs``, ... or "" for a local path (``file://`` too)."""
+    if "://" not in uri:
+        return ""
     head, sep, _ = uri.partition("://")
     return "" if not sep or head == "file" or "/" in head else head.lower()
 

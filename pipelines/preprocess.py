@@ -1,14 +1,17 @@
 """The ``clipsr preprocess`` job: a captioned corpus -> WebDataset shards, on Ray Data.
 
-1. Plan (driver, metadata only): list the source, give each sample a stable key (from its
-   source id) and split (the dataset's own, else a hash of the source id), sort by key and cut
-   each split into evenly sized shards. The plan depends only on the corpus and the config, never
-   on worker count or order, so shard contents (and bytes) are reproducible.
-2. Write (Ray Data, streaming): one row per task of uncommitted shards (several small shards
-   to a task, :func:`task_groups`); ``flat_map`` runs :func:`pipelines.shard_writer.write_shard`
-   for each on the workers, which read the images, write the shard straight to the destination
-   (local or S3) and commit it with ``_stats.json``.
-3. Finish (driver): manifest.json, sizes.json and rejects.jsonl from every shard's stats.
+1. Plan (driver, metadata only, :mod:`pipelines.preprocess_plan`): list the source, give each
+   sample a stable key (from its source id) and split (the dataset's own, else a hash of the
+   source id), sort by key and cut each split into evenly sized shards, in memory that does not
+   grow with the corpus. The plan depends only on the corpus and the config, never on worker
+   count or order, so shard contents (and bytes) are reproducible. ``--plan-only`` stops here.
+2. Write (Ray Data, streaming): the committed shards are found with one listing; each other
+   shard gets a plan file beside the output; one row per task of shards (several small shards
+   to a task, :func:`task_groups`) with their plan files' URIs; ``flat_map`` runs
+   :func:`pipelines.shard_writer.write_shard` for each on the workers, which read the images,
+   write the shard straight to the destination and commit it with ``_stats.json``.
+3. Finish (driver): manifest.json, sizes.json and rejects.jsonl from every shard's stats; the
+   plan files are deleted.
 
 A rerun skips committed shards; ``overwrite`` starts over.
 """
@@ -21,22 +24,35 @@ import logging
 import math
 import os
 import subprocess
+import tempfile
 import time
 from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 from clipsr import __version__
 from clipsr.config_loader import ConfigError, to_dict
-from clipsr.shards import FORMAT_VERSION, MANIFEST, REJECTS, SIZES, sample_key, shard_name
+from clipsr.shards import FORMAT_VERSION, MANIFEST, REJECTS, SIZES
 from pipelines import storage
+from pipelines.cluster_guard import check_cluster_paths
 from pipelines.preprocess_config import PreprocessConfig
-from pipelines.shard_writer import sample_to_dict, stats_uri, write_shard
-from pipelines.sources import build_source, validate
+from pipelines.preprocess_plan import (  # noqa: F401 (shard_sizes: part of this module's API)
+    PLAN_DIR,
+    Plan,
+    ShardPlan,
+    plan_preprocess,
+    plan_uri,
+    read_shard_plan,
+    shard_sizes,
+    write_plan_files,
+)
+from pipelines.shard_writer import stats_uri, write_shard
+from pipelines.sources import validate
 
 log = logging.getLogger("clipsr.preprocess")
-SPLITS = ("train", "val", "test")
+STATS_SUFFIX = "_stats.json"
 
 
 @dataclass
@@ -49,6 +65,10 @@ class PreprocessSummary:
     seconds: float = 0.0
     output: str = ""
     total_written: int = 0  # samples in the dataset (this run's and committed shards')
+    listed: int = 0
+    duplicates: int = 0
+    splits: dict[str, dict[str, int]] = field(default_factory=dict)  # samples, shards
+    planning_seconds: float = 0.0
 
     @property
     def samples_per_second(self) -> float:
@@ -58,7 +78,14 @@ class PreprocessSummary:
 def config_hash(cfg: PreprocessConfig) -> str:
     """Hash of everything that changes shard contents (not where or how fast they are made)."""
     data = to_dict(cfg)
-    for key in ("output", "storage", "ray_address", "concurrency", "overwrite"):
+    for key in (
+        "output",
+        "storage",
+        "ray_address",
+        "concurrency",
+        "overwrite",
+        "shared_filesystem",
+    ):
         data.pop(key, None)
     return hashlib.sha256(json.dumps(data, sort_keys=True).encode()).hexdigest()[:16]
 
@@ -75,67 +102,6 @@ def code_version() -> str:
     except (OSError, subprocess.SubprocessError):
         sha = ""
     return f"{__version__}+g{sha}" if sha else __version__
-
-
-def hash_split(source_id: str, cfg: PreprocessConfig) -> str:
-    u = int(hashlib.sha256(f"split:{source_id}".encode()).hexdigest()[:15], 16) / 16**15
-    if u < cfg.test_fraction:
-        return "test"
-    if u < cfg.test_fraction + cfg.val_fraction:
-        return "val"
-    return "train"
-
-
-def _split_name(split: str | None, source_id: str, cfg: PreprocessConfig) -> str:
-    if split is None:
-        return hash_split(source_id, cfg)
-    split = split.lower()
-    return {"validation": "val", "valid": "val", "dev": "val"}.get(split, split)
-
-
-def shard_sizes(count: int, per_shard: int, min_shards: int) -> list[int]:
-    """Evenly sized shards (sizes differ by at most one: no tiny tail shard)."""
-    if count == 0:
-        return []
-    n = max(math.ceil(count / per_shard), min(min_shards, count))
-    base, extra = divmod(count, n)
-    return [base + 1 if i < extra else base for i in range(n)]
-
-
-def plan_shards(cfg: PreprocessConfig) -> tuple[list[dict[str, Any]], list[dict[str, Any]]]:
-    """Shard plans ({name, split, samples: [{key, sample}]}) and samples rejected while planning
-    (duplicate source ids)."""
-    source = build_source(cfg.source, cfg.storage)
-    by_split: dict[str, dict[str, dict[str, Any]]] = {}
-    duplicates = []
-    for n, sample in enumerate(source.list_samples()):
-        if cfg.max_samples and n >= cfg.max_samples:
-            break
-        key = sample_key(sample.source_id)
-        split = _split_name(sample.split, sample.source_id, cfg)
-        bucket = by_split.setdefault(split, {})
-        if key in bucket or any(key in other for other in by_split.values()):
-            duplicates.append(
-                {
-                    "key": key,
-                    "source_id": sample.source_id,
-                    "reason": "duplicate_source_id",
-                    "detail": None,
-                }
-            )
-            continue
-        bucket[key] = {"key": key, "sample": sample_to_dict(sample)}
-    plans = []
-    for split in sorted(by_split, key=lambda s: (SPLITS.index(s) if s in SPLITS else 9, s)):
-        items = [by_split[split][k] for k in sorted(by_split[split])]
-        start = 0
-        for index, size in enumerate(
-            shard_sizes(len(items), cfg.samples_per_shard, cfg.min_shards_per_split)
-        ):
-            name = shard_name(split, index)
-            plans.append({"name": name, "split": split, "samples": items[start : start + size]})
-            start += size
-    return plans, duplicates
 
 
 def _read_json(uri: str, cfg: PreprocessConfig) -> dict[str, Any] | None:
@@ -183,56 +149,89 @@ def _init_ray(cfg: PreprocessConfig):
                 os.environ[k] = v
 
 
-def run_preprocess(cfg: PreprocessConfig, progress: bool = True) -> PreprocessSummary:
-    """Run the job (see the module docstring); returns the summary of this run."""
+def run_preprocess(
+    cfg: PreprocessConfig, progress: bool = True, plan_only: bool = False
+) -> PreprocessSummary:
+    """Run the job (see the module docstring); returns the summary of this run. ``plan_only``:
+    plan, count and stop (no Ray, nothing written)."""
     cfg.validate()
     cfg.storage = cfg.storage.resolved()  # the workers get the driver's endpoint and region
+    if not storage.is_remote(cfg.output):  # the workers run elsewhere: an absolute path
+        cfg.output = os.path.abspath(cfg.output)
     validate(cfg.source, cfg.storage)  # fail fast: paths and layout, before any work
     chash = config_hash(cfg)
     check_output(cfg, chash)
     attributes = load_attributes(cfg)
+    if not plan_only:
+        reads, writes = {"source.path": cfg.source.path}, {"output": cfg.output}
+        ray = _init_ray(cfg)
+        check_cluster_paths(ray, "shared_filesystem", cfg.shared_filesystem, reads, writes)
     start = time.time()
-    plans, duplicates = plan_shards(cfg)
-    if not plans:
-        raise ConfigError(f"source.path: no samples found in {cfg.source.path}")
-    if cfg.overwrite:
-        for uri in [storage.join(cfg.output, MANIFEST)] + [
-            stats_uri(cfg.output, p["name"]) for p in plans
-        ]:
-            storage.delete(uri, cfg.storage)
-    todo = [p for p in plans if not storage.exists(stats_uri(cfg.output, p["name"]), cfg.storage)]
-    log.info(
-        "%d shards planned, %d to write, %d already committed",
-        len(plans),
-        len(todo),
-        len(plans) - len(todo),
-    )
-    summary = PreprocessSummary(
-        shards=len(plans), shards_skipped=len(plans) - len(todo), output=cfg.output
-    )
-    if todo:
-        _write_with_ray(cfg, todo, summary, progress)
-    manifest = _finish(cfg, plans, duplicates, chash, attributes)
-    summary.total_written = sum(c["samples"] for c in manifest["splits"].values())
+    plan = plan_preprocess(cfg)
+    try:
+        if not plan.shards:
+            raise ConfigError(f"source.path: no samples found in {cfg.source.path}")
+        summary = PreprocessSummary(shards=len(plan.shards), output=cfg.output)
+        summary.listed, summary.duplicates = plan.listed, plan.duplicates
+        for shard in plan.shards:
+            counts = summary.splits.setdefault(shard.split, {"samples": 0, "shards": 0})
+            counts["samples"] += shard.samples
+            counts["shards"] += 1
+        summary.planning_seconds = time.time() - start
+        if plan_only:
+            return summary
+        committed = _committed(cfg)
+        if cfg.overwrite:
+            stale = [stats_uri(cfg.output, s.name) for s in plan.shards if s.name in committed]
+            for uri in [storage.join(cfg.output, MANIFEST), *stale]:
+                storage.delete(uri, cfg.storage)
+            committed = set()
+        todo = [s for s in plan.shards if s.name not in committed]
+        summary.shards_skipped = len(plan.shards) - len(todo)
+        log.info(
+            "%d shards planned, %d to write, %d already committed",
+            len(plan.shards), len(todo), summary.shards_skipped,
+        )  # fmt: skip
+        if todo:
+            write_plan_files(plan, cfg, {s.name for s in todo})
+            _write_with_ray(cfg, todo, summary, progress)
+        manifest = _finish(cfg, plan, chash, attributes)
+        summary.total_written = sum(c["samples"] for c in manifest["splits"].values())
+        storage.delete_tree(storage.join(cfg.output, PLAN_DIR), cfg.storage)
+    finally:
+        plan.close()
     summary.rejected = dict(sorted(Counter(summary.rejected).items()))
     summary.seconds = time.time() - start
     return summary
 
 
-def _write_with_ray(cfg: PreprocessConfig, todo: list[dict[str, Any]], summary, progress: bool):
+def _committed(cfg: PreprocessConfig) -> set[str]:
+    """The shards with a commit marker, from one listing of the output."""
+    try:
+        uris = storage.list_files(cfg.output, cfg.storage, suffixes=(STATS_SUFFIX,))
+    except FileNotFoundError:  # no output directory yet
+        return set()
+    prefix = cfg.output.rstrip("/") + "/"
+    return {u[len(prefix) : -len(STATS_SUFFIX)] for u in uris if u.startswith(prefix)}
+
+
+def _write_with_ray(cfg: PreprocessConfig, todo: list[ShardPlan], summary, progress: bool):
     from tqdm import tqdm
 
     ray = _init_ray(cfg)
     cfg_dict = to_dict(cfg)
     writers = cfg.concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
-    rows = [{"plans": json.dumps(group)} for group in task_groups(todo, writers)]
+    rows = [
+        {"shards": json.dumps([[s.name, s.split, plan_uri(cfg.output, s.name)] for s in group])}
+        for group in task_groups(todo, writers)
+    ]
     ds = ray.data.from_items(rows, override_num_blocks=len(rows)).flat_map(
         _write_shards,
         fn_kwargs={"cfg_dict": cfg_dict},
         num_cpus=1,
         compute=ray.data.TaskPoolStrategy(size=cfg.concurrency) if cfg.concurrency else None,
     )
-    total = sum(len(p["samples"]) for p in todo)
+    total = sum(s.samples for s in todo)
     bar = tqdm(total=total, unit="sample", disable=not progress, desc="preprocess")
     rejected: Counter = Counter()
     for row in ds.iter_rows():
@@ -249,32 +248,32 @@ def _write_with_ray(cfg: PreprocessConfig, todo: list[dict[str, Any]], summary, 
 TASK_MIN_SAMPLES = 1000  # a Ray task gets consecutive shards until it holds this many samples
 
 
-def task_groups(plans: list[dict[str, Any]], writers: int) -> list[list[dict[str, Any]]]:
+def task_groups(shards: list[ShardPlan], writers: int) -> list[list[ShardPlan]]:
     """The shards of each Ray task, in plan order. Small shards (a small corpus, or a small
     ``samples_per_shard``) go several to a task, up to about ``TASK_MIN_SAMPLES`` samples, so
     that the job pays each task's fixed costs fewer times; never fewer than two tasks per writer
     (so that the last tasks still balance the writers). Shards of that size or more stay one per
     task. Each shard is still written and committed on its own: contents, bytes and resume
     do not depend on the grouping."""
-    if not plans:
+    if not shards:
         return []
-    sizes = [len(p["samples"]) for p in plans]
-    by_samples = max(1, math.ceil(TASK_MIN_SAMPLES / max(1, max(sizes))))
-    by_balance = max(1, len(plans) // (2 * max(1, writers)))
+    largest = max(s.samples for s in shards)
+    by_samples = max(1, math.ceil(TASK_MIN_SAMPLES / max(1, largest)))
+    by_balance = max(1, len(shards) // (2 * max(1, writers)))
     per_task = min(by_samples, by_balance)
-    return [plans[i : i + per_task] for i in range(0, len(plans), per_task)]
+    return [shards[i : i + per_task] for i in range(0, len(shards), per_task)]
 
 
 def _write_shards(row: dict[str, Any], cfg_dict: dict[str, Any]) -> list[dict[str, Any]]:
-    """Ray Data flat_map function: a task's shards, one after the other (runs on a worker);
-    one output row per shard."""
+    """Ray Data flat_map function: a task's shards, one after the other, each from its plan
+    file (runs on a worker); one output row per shard."""
     from clipsr.config_loader import from_dict
 
     cfg = from_dict(PreprocessConfig, cfg_dict)
     out = []
-    for plan in json.loads(row["plans"]):
-        stats = write_shard(plan, cfg)
-        out.append({"name": plan["name"], "stats": json.dumps(stats)})
+    for name, split, uri in json.loads(row["shards"]):
+        stats = write_shard(read_shard_plan(uri, name, split, cfg), cfg)
+        out.append({"name": name, "stats": json.dumps(stats)})
     return out
 
 
@@ -309,29 +308,34 @@ def load_attributes(cfg: PreprocessConfig) -> dict[str, Any] | None:
     return data
 
 
-def _finish(cfg, plans, duplicates, chash, attributes=None) -> dict[str, Any]:
+def _finish(
+    cfg: PreprocessConfig, plan: Plan, chash: str, attributes: dict | None = None
+) -> dict[str, Any]:
     """Manifest, sizes and rejects from every shard's committed stats (this run's and earlier);
-    returns the manifest."""
-    shards, rejects = [], list(duplicates)
-    counts: dict[str, dict[str, int]] = {}
-    for plan in plans:
-        stats = _read_json(stats_uri(cfg.output, plan["name"]), cfg)
-        if stats is None:
-            raise RuntimeError(f"shard {plan['name']} has no commit marker after the run")
-        shards.append(
-            {k: stats[k] for k in ("shard", "split", "tar", "sha256", "bytes")}
-            | {"samples": stats["written"]}
-        )
-        rejects.extend(stats["rejects"])
-        c = counts.setdefault(stats["split"], {"samples": 0, "shards": 0, "rejected": 0})
-        c["samples"] += stats["written"]
-        c["shards"] += 1
-        c["rejected"] += stats["samples_in"] - stats["written"]
-    storage.write_bytes(
-        storage.join(cfg.output, REJECTS),
-        "".join(json.dumps(r, sort_keys=True) + "\n" for r in rejects).encode(),
-        cfg.storage,
-    )
+    returns the manifest. Rejects go through a local temp file: their number is not bounded by
+    anything."""
+    shards, counts = [], {}
+    uris = [stats_uri(cfg.output, s.name) for s in plan.shards]
+    with ThreadPoolExecutor(8) as pool, tempfile.NamedTemporaryFile("w+b") as rejects:
+        for duplicate in plan.duplicate_rejects():
+            rejects.write(json.dumps(duplicate, sort_keys=True).encode() + b"\n")
+        for shard, stats in zip(plan.shards, pool.map(lambda u: _read_json(u, cfg), uris)):
+            if stats is None:
+                raise RuntimeError(f"shard {shard.name} has no commit marker after the run")
+            shards.append(
+                {k: stats[k] for k in ("shard", "split", "tar", "sha256", "bytes")}
+                | {"samples": stats["written"]}
+            )
+            rejects.writelines(
+                json.dumps(r, sort_keys=True).encode() + b"\n" for r in stats["rejects"]
+            )
+            c = counts.setdefault(stats["split"], {"samples": 0, "shards": 0, "rejected": 0})
+            c["samples"] += stats["written"]
+            c["shards"] += 1
+            c["rejected"] += stats["samples_in"] - stats["written"]
+        rejected_total = plan.duplicates + sum(c["rejected"] for c in counts.values())
+        rejects.flush()
+        storage.upload_file(rejects.name, storage.join(cfg.output, REJECTS), cfg.storage)
     storage.write_bytes(
         storage.join(cfg.output, SIZES),
         json.dumps({s["tar"]: s["samples"] for s in shards}, indent=1).encode(),
@@ -343,7 +347,7 @@ def _finish(cfg, plans, duplicates, chash, attributes=None) -> dict[str, Any]:
         "config_hash": chash,
         "config": to_dict(cfg),
         "splits": counts,
-        "rejected_total": len(rejects),
+        "rejected_total": rejected_total,
         "scales": sorted(cfg.scales),
         "hr_size": cfg.hr_size,
         "shards": shards,

@@ -51,6 +51,9 @@ class PreprocessConfig:
     # Attribute declaration copied into manifest.json (what clipsr evaluate's prompt-adherence
     # metrics need): a JSON file, local or s3://. "" = source.path/attributes.json if it exists.
     attributes: str = ""
+    # A local source.path/output is on a filesystem mounted at the same path on every node:
+    # allowed on a multi-node Ray cluster after a check that every node sees it (else refused).
+    shared_filesystem: bool = False
 
     def validate(self) -> None:
         if not self.source.path:

@@ -59,8 +59,26 @@ def _missing_columns(wanted: list[str], present: list[str], uri: str) -> None:
             raise ValueError(f"{key}: column {column!r} not in {uri}; columns present: {present}")
 
 
+def _joiner(base_dir: str):
+    """``image -> URI`` relative to ``base_dir`` (``storage.join``, fast for the common case of
+    a relative path under a local directory)."""
+    if storage.is_remote(base_dir):
+        return lambda image: storage.join(base_dir, image)
+    prefix = base_dir.rstrip("/") + "/" if base_dir else ""
+
+    def join(image: str) -> str:
+        if "://" in image or image.startswith("/"):
+            return storage.join(base_dir, image)
+        return prefix + image
+
+    return join
+
+
 def _captions(cell: Any) -> tuple[tuple[str, ...], str | None]:
     """A caption cell (string, bytes, list of them, or null) -> (captions, error)."""
+    if type(cell) is str and not SURROGATE.search(cell):  # the common case, fast
+        caption = cell.strip()
+        return ((caption,), None) if caption else ((), CAPTION_MISSING)
     values = list(cell) if isinstance(cell, (list, tuple)) else [cell]
     captions: list[str] = []
     for value in values:
@@ -108,11 +126,11 @@ class ManifestSource:
         single = storage.is_file(self.path, self.opts)
         for uri in self.manifest_uris():
             label = uri.rsplit("/", 1)[-1] if single else relative(uri, self.path)
-            base_dir = storage.parent(uri)
+            join = _joiner(storage.parent(uri))
             for row, (image_cell, caption_cell) in enumerate(self._rows(uri)):
-                yield self._sample(f"{label}:{row:09d}", base_dir, image_cell, caption_cell)
+                yield self._sample(f"{label}:{row:09d}", join, image_cell, caption_cell)
 
-    def _sample(self, source_id: str, base_dir: str, image_cell: Any, caption: Any) -> SourceSample:
+    def _sample(self, source_id: str, join, image_cell: Any, caption: Any) -> SourceSample:
         if image_cell is INVALID_ROW:
             return SourceSample(source_id, image="", error="manifest_row_invalid")
         captions, error = _captions(caption)
@@ -121,9 +139,9 @@ class ManifestSource:
             return SourceSample(source_id, image="", captions=captions, error="image_missing")
         if SURROGATE.search(image):
             return SourceSample(source_id, image="", error="image_path_undecodable")
-        if SCHEME.match(image) and not (storage.is_remote(image) and storage.is_supported(image)):
+        if "://" in image and SCHEME.match(image) and not storage.is_supported(image):
             return SourceSample(source_id, image=image, error="image_uri_unsupported")
-        return SourceSample(source_id, storage.join(base_dir, image), captions, error=error)
+        return SourceSample(source_id, join(image), captions, error=error)
 
     def _rows(self, uri: str, header_only: bool = False) -> Iterator[tuple[Any, Any]]:
         """(image cell, caption cell) per row; checks the columns first."""

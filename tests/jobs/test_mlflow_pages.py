@@ -7,6 +7,7 @@ Set CLIPSR_SCREENSHOTS=DIR to keep the screenshots."""
 from __future__ import annotations
 
 import os
+import re
 from pathlib import Path
 
 import mlflow
@@ -63,7 +64,7 @@ def test_the_run_page_shows_the_datasets_and_grouped_charts(mlflow_server, tmp_p
         # "Datasets": the train split by name and digest, with its context; the test split too
         page.get_by_text(f"photos/train ({SHA[:20]}").first.wait_for(timeout=60_000)
         page.get_by_text("Datasets", exact=True).first.wait_for(timeout=10_000)
-        page.get_by_text("Training", exact=True).first.wait_for(timeout=10_000)
+        page.get_by_text(re.compile(r"^training$", re.I)).first.wait_for(timeout=10_000)
         page.screenshot(path=str(shots / "mlflow-run-overview.png"))
         page.goto(f"{page_url}/model-metrics")
         for group in ("loss (3)", "perf (1)", "val (1)"):  # one section per prefix

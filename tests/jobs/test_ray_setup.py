@@ -1,4 +1,5 @@
 import logging
+import os
 import warnings
 from pathlib import Path
 
@@ -30,11 +31,13 @@ def test_the_hook_quiets_the_cleaner_where_asked_and_keeps_clipsr_lines(quiet, m
     cleaner = logging.getLogger(PLACEMENT_GROUP_CLEANER_LOGGER)
     before = cleaner.level
     monkeypatch.setenv(QUIET_CLEANER_ENV, "1")
+    monkeypatch.setenv("RAY_ADDRESS", "127.0.0.1:1")  # given: kept
     try:
         getattr(ray_setup, name)()
         assert cleaner.getEffectiveLevel() == logging.ERROR
         assert logging.getLogger("open_clip").getEffectiveLevel() == logging.WARNING
         assert logging.getLogger("clipsr.train").getEffectiveLevel() == logging.INFO
+        assert os.environ["RAY_ADDRESS"] == "127.0.0.1:1"
     finally:
         cleaner.setLevel(before)
 

@@ -295,10 +295,10 @@ def test_shipped_preprocess_configs_load():
 
 
 def test_small_shards_go_several_to_a_ray_task():
-    from pipelines.preprocess import task_groups
+    from pipelines.preprocess import ShardPlan, task_groups
 
     def plans(n, size):
-        return [{"name": f"train-{i:06d}", "samples": [{}] * size} for i in range(n)]
+        return [ShardPlan(f"train-{i:06d}", "train", size) for i in range(n)]
 
     small = plans(20, 50)  # 1,000 samples in shards of 50, two writers
     groups = task_groups(small, 2)
