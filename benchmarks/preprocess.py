@@ -92,9 +92,20 @@ def make_corpus(root: Path, count: int, seed: int = 0) -> None:
         (root / f"img{i:06d}.txt").write_text(f"{photo.caption}\nsample {i}\n")
 
 
+def kind(proc: psutil.Process, root: psutil.Process) -> str:
+    """Which part of a Ray job a process is: the driver, a worker (tasks; idle), one of Ray
+    Data's actors, or one of Ray's daemons."""
+    if proc.pid == root.pid:
+        return "driver"
+    title = (proc.cmdline() or [""])[0]
+    if title.startswith("ray::_"):
+        return "Ray Data actors"
+    return "workers" if title.startswith("ray::") else "Ray daemons"
+
+
 def run(code: str, args: list[str]) -> dict:
     """Run ``code`` in a fresh process; its JSON result plus the peak RSS (MiB) and the CPU
-    seconds of its whole process tree, sampled every 0.1 s."""
+    seconds of its whole process tree (in all and by kind of process), sampled every 0.1 s."""
     env = {**os.environ, "OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
     proc = subprocess.Popen(
         [sys.executable, "-c", code, *args],
@@ -105,7 +116,7 @@ def run(code: str, args: list[str]) -> dict:
         text=True,
         start_new_session=True,
     )
-    peak, cpu = 0.0, {}
+    peak, cpu, kinds = 0.0, {}, {}
     root = psutil.Process(proc.pid)
     while proc.poll() is None:
         try:
@@ -116,7 +127,8 @@ def run(code: str, args: list[str]) -> dict:
         for p in procs:
             try:
                 times, mem = p.cpu_times(), p.memory_info()
-            except psutil.NoSuchProcess:
+                kinds[p.pid] = kind(p, root)
+            except (psutil.NoSuchProcess, psutil.ZombieProcess):
                 continue
             cpu[p.pid] = times.user + times.system
             rss += mem.rss
@@ -126,7 +138,10 @@ def run(code: str, args: list[str]) -> dict:
     if proc.returncode:
         raise RuntimeError(f"benchmark child failed ({proc.returncode}): {out[-2000:]}")
     result = json.loads(out.strip().splitlines()[-1])
-    return {**result, "peak_mib": peak / 2**20, "cpu_s": sum(cpu.values())}
+    by_kind: dict[str, float] = {}
+    for pid, seconds in cpu.items():
+        by_kind[kinds[pid]] = by_kind.get(kinds[pid], 0.0) + seconds
+    return {**result, "peak_mib": peak / 2**20, "cpu_s": sum(cpu.values()), "cpu_by_kind": by_kind}
 
 
 def write_config(path: Path, corpus: Path, output: Path, per_shard: int) -> None:
@@ -198,6 +213,15 @@ def main() -> None:
             f"({min(paired):.2f}-{max(paired):.2f}) | {cpu:.2f} | {med(rays, 'init'):.1f} | "
             f"{med(rays, 'peak_mib'):.0f} |"
         )
+    print("\nCPU s of the ray job's process tree by kind (median; the loop's whole process):")
+    for name in sizes:
+        rays = arms[f"ray {name}"]
+        parts = sorted({k for r in rays for k in r["cpu_by_kind"]})
+        split = ", ".join(
+            f"{k} {statistics.median(r['cpu_by_kind'].get(k, 0.0) for r in rays):.1f}"
+            for k in parts
+        )
+        print(f"  {name}: {split}; loop {med(arms[f'loop {name}'], 'cpu_s'):.1f}")
     png6 = [r["samples"] / r["seconds"] for r in arms["loop S png6"]]
     png1 = [r["samples"] / r["seconds"] for r in arms["loop S"]]
     print(
