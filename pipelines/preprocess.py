@@ -246,20 +246,22 @@ def _write_with_ray(cfg: PreprocessConfig, todo: list[ShardPlan], summary, progr
 
 
 TASK_MIN_SAMPLES = 1000  # a Ray task gets consecutive shards until it holds this many samples
+TASKS_PER_WRITER = 4  # at least, so that the last tasks balance the writers
 
 
 def task_groups(shards: list[ShardPlan], writers: int) -> list[list[ShardPlan]]:
     """The shards of each Ray task, in plan order. Small shards (a small corpus, or a small
     ``samples_per_shard``) go several to a task, up to about ``TASK_MIN_SAMPLES`` samples, so
-    that the job pays each task's fixed costs fewer times; never fewer than two tasks per writer
-    (so that the last tasks still balance the writers). Shards of that size or more stay one per
+    that the job pays each task's fixed costs fewer times; never fewer than ``TASKS_PER_WRITER``
+    tasks per writer (so that the last tasks still balance the writers: a task's length bounds
+    how much longer one writer runs than another). Shards of that size or more stay one per
     task. Each shard is still written and committed on its own: contents, bytes and resume
     do not depend on the grouping."""
     if not shards:
         return []
     largest = max(s.samples for s in shards)
     by_samples = max(1, math.ceil(TASK_MIN_SAMPLES / max(1, largest)))
-    by_balance = max(1, len(shards) // (2 * max(1, writers)))
+    by_balance = max(1, len(shards) // (TASKS_PER_WRITER * max(1, writers)))
     per_task = min(by_samples, by_balance)
     return [shards[i : i + per_task] for i in range(0, len(shards), per_task)]
 

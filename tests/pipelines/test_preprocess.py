@@ -302,8 +302,9 @@ def test_small_shards_go_several_to_a_ray_task():
 
     small = plans(20, 50)  # 1,000 samples in shards of 50, two writers
     groups = task_groups(small, 2)
-    assert [len(g) for g in groups] == [5] * 4 and sum(groups, []) == small
-    assert [len(g) for g in task_groups(plans(80, 50), 2)] == [20] * 4  # 1,000 samples a task
+    assert [len(g) for g in groups] == [2] * 10 and sum(groups, []) == small  # 4 per writer
+    assert [len(g) for g in task_groups(plans(80, 50), 2)] == [10] * 8
+    assert [len(g) for g in task_groups(plans(400, 50), 2)] == [20] * 20  # 1,000 samples a task
     assert [len(g) for g in task_groups(plans(3, 1000), 2)] == [1] * 3  # big shards: one each
-    assert [len(g) for g in task_groups(plans(3, 10), 2)] == [1] * 3  # two tasks per writer
+    assert [len(g) for g in task_groups(plans(9, 10), 2)] == [1] * 9  # 4 tasks per writer
     assert task_groups([], 4) == []
