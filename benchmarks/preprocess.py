@@ -97,10 +97,12 @@ def kind(proc: psutil.Process, root: psutil.Process) -> str:
     Data's actors, or one of Ray's daemons."""
     if proc.pid == root.pid:
         return "driver"
-    title = (proc.cmdline() or [""])[0]
-    if title.startswith("ray::_"):
+    cmdline = proc.cmdline() or [""]
+    if cmdline[0].startswith("ray::_"):
         return "Ray Data actors"
-    return "workers" if title.startswith("ray::") else "Ray daemons"
+    if cmdline[0].startswith("ray::") or any("default_worker.py" in a for a in cmdline):
+        return "workers"
+    return "Ray daemons"
 
 
 def run(code: str, args: list[str]) -> dict:
@@ -127,7 +129,8 @@ def run(code: str, args: list[str]) -> dict:
         for p in procs:
             try:
                 times, mem = p.cpu_times(), p.memory_info()
-                kinds[p.pid] = kind(p, root)
+                now = kind(p, root)  # a worker's title changes, and empties as it exits
+                kinds[p.pid] = kinds.get(p.pid, now) if now == "Ray daemons" else now
             except (psutil.NoSuchProcess, psutil.ZombieProcess):
                 continue
             cpu[p.pid] = times.user + times.system
