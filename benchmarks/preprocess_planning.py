@@ -42,7 +42,7 @@ from pipelines import preprocess
 from pipelines.preprocess_config import load_preprocess_config
 
 plan, write = preprocess.plan_preprocess, preprocess.write_plan_files
-write_row = preprocess._write_row
+write_shards = preprocess._write_shards
 
 def planned(cfg):
     note("plan_start")
@@ -54,10 +54,10 @@ def written(*args):
 
 def first_task(row, cfg_dict):  # shipped by value: runs on a Ray worker
     note("first_task")
-    return write_row(row, cfg_dict)
+    return write_shards(row, cfg_dict)
 
 preprocess.plan_preprocess, preprocess.write_plan_files = planned, written
-preprocess._write_row = first_task
+preprocess._write_shards = first_task
 preprocess.run_preprocess(load_preprocess_config(sys.argv[1]), progress=False)
 """
 

@@ -6,9 +6,10 @@
    grow with the corpus. The plan depends only on the corpus and the config, never on worker
    count or order, so shard contents (and bytes) are reproducible. ``--plan-only`` stops here.
 2. Write (Ray Data, streaming): the committed shards are found with one listing; each other
-   shard gets a plan file beside the output, and one row with its URI; ``map`` runs
-   :func:`pipelines.shard_writer.write_shard` on the workers, which read the images, write the
-   shard straight to the destination and commit it with ``_stats.json``.
+   shard gets a plan file beside the output; one row per task of shards (several small shards
+   to a task, :func:`task_groups`) with their plan files' URIs; ``flat_map`` runs
+   :func:`pipelines.shard_writer.write_shard` for each on the workers, which read the images,
+   write the shard straight to the destination and commit it with ``_stats.json``.
 3. Finish (driver): manifest.json, sizes.json and rejects.jsonl from every shard's stats; the
    plan files are deleted.
 
@@ -20,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import math
 import os
 import subprocess
 import tempfile
@@ -122,14 +124,29 @@ def check_output(cfg: PreprocessConfig, chash: str) -> None:
         )
 
 
-def _init_ray(cfg: PreprocessConfig):
-    from pipelines.ray_cluster import init_ray
+WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
 
-    return init_ray(
-        cfg.ray_address,
-        log_to_driver=False,
-        runtime_env={"env_vars": {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}},
-    )
+
+def _init_ray(cfg: PreprocessConfig):
+    """Ray for the job. A local Ray started here gets the workers' variables through the
+    environment it is started with (its workers inherit it), not through a job runtime_env: a
+    runtime_env makes Ray start new workers for the job's tasks instead of using the ones it
+    prestarted, a fixed cost of several seconds on a small machine. A cluster's workers get
+    them from the job's runtime_env."""
+    from pipelines.ray_cluster import cluster_address, init_ray
+
+    if cluster_address(cfg.ray_address) not in ("", "local"):
+        return init_ray(cfg.ray_address, log_to_driver=False, runtime_env={"env_vars": WORKER_ENV})
+    saved = {k: os.environ.get(k) for k in WORKER_ENV}
+    os.environ.update(WORKER_ENV)
+    try:
+        return init_ray(cfg.ray_address, log_to_driver=False)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def run_preprocess(
@@ -203,9 +220,13 @@ def _write_with_ray(cfg: PreprocessConfig, todo: list[ShardPlan], summary, progr
 
     ray = _init_ray(cfg)
     cfg_dict = to_dict(cfg)
-    rows = [{"name": s.name, "split": s.split, "plan": plan_uri(cfg.output, s.name)} for s in todo]
-    ds = ray.data.from_items(rows, override_num_blocks=len(rows)).map(
-        _write_row,
+    writers = cfg.concurrency or max(1, int(ray.cluster_resources().get("CPU", 1)))
+    rows = [
+        {"shards": json.dumps([[s.name, s.split, plan_uri(cfg.output, s.name)] for s in group])}
+        for group in task_groups(todo, writers)
+    ]
+    ds = ray.data.from_items(rows, override_num_blocks=len(rows)).flat_map(
+        _write_shards,
         fn_kwargs={"cfg_dict": cfg_dict},
         num_cpus=1,
         compute=ray.data.TaskPoolStrategy(size=cfg.concurrency) if cfg.concurrency else None,
@@ -224,13 +245,38 @@ def _write_with_ray(cfg: PreprocessConfig, todo: list[ShardPlan], summary, progr
     summary.rejected = dict(rejected)
 
 
-def _write_row(row: dict[str, Any], cfg_dict: dict[str, Any]) -> dict[str, Any]:
-    """Ray Data map function: one shard per row, from its plan file (runs on a worker)."""
+TASK_MIN_SAMPLES = 1000  # a Ray task gets consecutive shards until it holds this many samples
+TASKS_PER_WRITER = 4  # at least, so that the last tasks balance the writers
+
+
+def task_groups(shards: list[ShardPlan], writers: int) -> list[list[ShardPlan]]:
+    """The shards of each Ray task, in plan order. Small shards (a small corpus, or a small
+    ``samples_per_shard``) go several to a task, up to about ``TASK_MIN_SAMPLES`` samples, so
+    that the job pays each task's fixed costs fewer times; never fewer than ``TASKS_PER_WRITER``
+    tasks per writer (so that the last tasks still balance the writers: a task's length bounds
+    how much longer one writer runs than another). Shards of that size or more stay one per
+    task. Each shard is still written and committed on its own: contents, bytes and resume
+    do not depend on the grouping."""
+    if not shards:
+        return []
+    largest = max(s.samples for s in shards)
+    by_samples = max(1, math.ceil(TASK_MIN_SAMPLES / max(1, largest)))
+    by_balance = max(1, len(shards) // (TASKS_PER_WRITER * max(1, writers)))
+    per_task = min(by_samples, by_balance)
+    return [shards[i : i + per_task] for i in range(0, len(shards), per_task)]
+
+
+def _write_shards(row: dict[str, Any], cfg_dict: dict[str, Any]) -> list[dict[str, Any]]:
+    """Ray Data flat_map function: a task's shards, one after the other, each from its plan
+    file (runs on a worker); one output row per shard."""
     from clipsr.config_loader import from_dict
 
     cfg = from_dict(PreprocessConfig, cfg_dict)
-    stats = write_shard(read_shard_plan(row["plan"], row["name"], row["split"], cfg), cfg)
-    return {"name": row["name"], "stats": json.dumps(stats)}
+    out = []
+    for name, split, uri in json.loads(row["shards"]):
+        stats = write_shard(read_shard_plan(uri, name, split, cfg), cfg)
+        out.append({"name": name, "stats": json.dumps(stats)})
+    return out
 
 
 def load_attributes(cfg: PreprocessConfig) -> dict[str, Any] | None:

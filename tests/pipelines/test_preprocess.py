@@ -292,3 +292,19 @@ def test_shipped_preprocess_configs_load():
     for path in sorted((ROOT / "configs" / "preprocess").glob("*.yaml")):
         cfg = load_preprocess_config(path)
         assert cfg.source.path and cfg.output
+
+
+def test_small_shards_go_several_to_a_ray_task():
+    from pipelines.preprocess import ShardPlan, task_groups
+
+    def plans(n, size):
+        return [ShardPlan(f"train-{i:06d}", "train", size) for i in range(n)]
+
+    small = plans(20, 50)  # 1,000 samples in shards of 50, two writers
+    groups = task_groups(small, 2)
+    assert [len(g) for g in groups] == [2] * 10 and sum(groups, []) == small  # 4 per writer
+    assert [len(g) for g in task_groups(plans(80, 50), 2)] == [10] * 8
+    assert [len(g) for g in task_groups(plans(400, 50), 2)] == [20] * 20  # 1,000 samples a task
+    assert [len(g) for g in task_groups(plans(3, 1000), 2)] == [1] * 3  # big shards: one each
+    assert [len(g) for g in task_groups(plans(9, 10), 2)] == [1] * 9  # 4 tasks per writer
+    assert task_groups([], 4) == []
