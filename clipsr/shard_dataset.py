@@ -248,6 +248,40 @@ class TrainingBatchStream(IterableDataset):
                 raise ValueError(f"no samples in the shards {self.urls[:3]}...")
 
 
+def training_loader(
+    urls: list[str],
+    scales: list[int],
+    data: Any,
+    seed: int,
+    *,
+    rank: int,
+    world_size: int,
+    start_batch: int,
+    opener: Callable[[str], BinaryIO],
+) -> torch.utils.data.DataLoader:
+    """One rank's :class:`TrainingBatchStream` in a ``DataLoader`` (what ``clipsr train`` and
+    ``clipsr pretrain-clip`` read): ``data`` is a job config's ``data`` section (batch_size,
+    shuffle_buffer, hflip, loader_workers)."""
+    stream = TrainingBatchStream(
+        urls,
+        scales,
+        data.batch_size,
+        seed,
+        rank=rank,
+        world_size=world_size,
+        start_batch=start_batch,
+        shuffle_buffer=data.shuffle_buffer,
+        hflip=data.hflip,
+        opener=opener,
+    )
+    return torch.utils.data.DataLoader(
+        stream,
+        batch_size=None,
+        num_workers=data.loader_workers,
+        persistent_workers=data.loader_workers > 0,
+    )
+
+
 def iter_eval_batches(
     urls: list[str],
     scale: int,

@@ -87,16 +87,13 @@ def _register(tracker, cfg, output: Path, tags: dict, metrics: dict) -> str | No
 def run_pretrain_clip(cfg) -> PretrainClipResult:
     import json
 
-    import ray.train
-    from ray.train.torch import TorchTrainer
-
     from clipsr.config_loader import flatten, to_dict
     from jobs.pretrain_clip_loop import WEIGHTS, clip_train_loop
-    from jobs.ray_setup import train_logging_config, train_runtime_env
+    from jobs.ray_setup import train_runtime_env
     from jobs.run_state import honest_end
     from jobs.tracking import RunTracker, check_tracking_uri, resolve_tracking_uri
     from jobs.train import _absolute
-    from jobs.train_backend import NodeBoundTorchConfig
+    from jobs.train_backend import make_trainer
     from pipelines import storage
     from pipelines.ray_cluster import init_ray
 
@@ -134,10 +131,9 @@ def run_pretrain_clip(cfg) -> PretrainClipResult:
             {"OMP_NUM_THREADS": str(max(1, int(cfg.run.cpus_per_worker)))}
         ),
     )
-    resources = {"CPU": cfg.run.cpus_per_worker} | ({"GPU": 1} if cfg.run.use_gpu else {})
-    trainer = TorchTrainer(
+    trainer = make_trainer(
         clip_train_loop,
-        train_loop_config={
+        {
             "cfg": to_dict(cfg),
             "train_urls": train_urls,
             "val_urls": val_urls,
@@ -146,20 +142,10 @@ def run_pretrain_clip(cfg) -> PretrainClipResult:
             "run_id": run_id,
             "tracking_uri": tracking_uri,
         },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.run.num_workers,
-            use_gpu=cfg.run.use_gpu,
-            resources_per_worker=resources,
-        ),
-        torch_config=NodeBoundTorchConfig(backend="nccl" if cfg.run.use_gpu else "gloo"),
-        run_config=ray.train.RunConfig(
-            name=cfg.run.name,
-            storage_path=storage_path,
-            storage_filesystem=filesystem,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
-            logging_config=train_logging_config(),
-        ),
+        cfg.run,
+        storage_path,
+        filesystem,
+        num_to_keep=2,
     )
     with honest_end(tracker):  # FINISHED, FAILED with the reason, or KILLED
         result = trainer.fit()

@@ -110,7 +110,7 @@ def clip_train_loop(config: dict[str, Any]) -> None:
         degrade,
     )
     from clipsr.config_loader import from_dict
-    from clipsr.shard_dataset import TrainingBatchStream, iter_eval_batches
+    from clipsr.shard_dataset import iter_eval_batches, training_loader
     from jobs.console import quiet_worker_logging
     from jobs.pretrain_clip_config import PretrainClipConfig
     from jobs.train_loop import _open, _rank0_tracker
@@ -139,23 +139,15 @@ def clip_train_loop(config: dict[str, Any]) -> None:
     model = ray.train.torch.prepare_model(model)
     loss_fn = contrastive_loss(rank, world)
     opener = lambda url: _open(url, cfg.data.endpoint_url)  # noqa: E731
-    stream = TrainingBatchStream(
+    loader = training_loader(
         config["train_urls"],
         [config["scale"]],
-        cfg.data.batch_size,
+        cfg.data,
         cfg.seed,
         rank=rank,
         world_size=world,
         start_batch=step,
-        shuffle_buffer=cfg.data.shuffle_buffer,
-        hflip=cfg.data.hflip,
         opener=opener,
-    )
-    loader = torch.utils.data.DataLoader(
-        stream,
-        batch_size=None,
-        num_workers=cfg.data.loader_workers,
-        persistent_workers=cfg.data.loader_workers > 0,
     )
     tracker = _rank0_tracker(config) if rank == 0 else None
     eval_batch = None

@@ -104,15 +104,13 @@ def check_inputs(cfg) -> tuple[dict, list[str], list[str], str]:
 
 def run_train(cfg) -> TrainResult:
     import ray
-    import ray.train
-    from ray.train.torch import TorchTrainer
 
     from clipsr.config_loader import flatten, to_dict
     from jobs.mlflow_record import describe_version, set_descriptions, shard_set_input
-    from jobs.ray_setup import train_logging_config, train_runtime_env
+    from jobs.ray_setup import train_runtime_env
     from jobs.run_state import honest_end
     from jobs.tracking import RunTracker, check_tracking_uri, resolve_tracking_uri
-    from jobs.train_backend import NodeBoundTorchConfig
+    from jobs.train_backend import make_trainer
     from jobs.train_checks import check_before_fit, check_cluster
     from jobs.train_export import register_inference_model
     from jobs.train_loop import stop_marker_uri, train_loop_per_worker
@@ -182,12 +180,9 @@ def run_train(cfg) -> TrainResult:
     )
     tracker.log_dict(manifest, "dataset/manifest.json")
     tracker.log_dict(to_dict(cfg), "config/resolved_config.json")
-    resources = {"CPU": cfg.run.cpus_per_worker}
-    if cfg.run.use_gpu:
-        resources["GPU"] = cfg.run.gpus_per_worker
-    trainer = TorchTrainer(
+    trainer = make_trainer(
         train_loop_per_worker,
-        train_loop_config={
+        {
             "cfg": to_dict(cfg),
             "train_urls": train_urls,
             "val_urls": val_urls,
@@ -195,20 +190,10 @@ def run_train(cfg) -> TrainResult:
             "tracking_uri": tracking_uri,
             "manifest_sha256": manifest_sha,
         },
-        scaling_config=ray.train.ScalingConfig(
-            num_workers=cfg.run.num_workers,
-            use_gpu=cfg.run.use_gpu,
-            resources_per_worker=resources,
-        ),
-        torch_config=NodeBoundTorchConfig(backend="nccl" if cfg.run.use_gpu else "gloo"),
-        run_config=ray.train.RunConfig(
-            name=cfg.run.name,
-            storage_path=storage_path,
-            storage_filesystem=filesystem,
-            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.run.num_to_keep),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.run.max_failures),
-            logging_config=train_logging_config(),
-        ),
+        cfg.run,
+        storage_path,
+        filesystem,
+        cfg.run.num_to_keep,
     )
     storage.delete(stop_marker_uri(cfg), opts)
     with honest_end(tracker):  # FINISHED, FAILED with the reason, or KILLED

@@ -117,3 +117,32 @@ class NodeBoundTorchConfig(TorchConfig):
     @property
     def backend_cls(self):
         return _NodeBoundTorchBackend
+
+
+def make_trainer(loop, loop_config: dict, run, storage_path: str, filesystem, num_to_keep: int):
+    """The ``TorchTrainer`` that ``clipsr train`` and ``clipsr pretrain-clip`` run: ``run`` is
+    their config's ``run`` section (name, num_workers, use_gpu, cpus_per_worker, optional
+    gpus_per_worker, max_failures); checkpoints go to ``storage_path`` on ``filesystem``."""
+    from ray.train.torch import TorchTrainer
+
+    from jobs.ray_setup import train_logging_config
+
+    resources = {"CPU": run.cpus_per_worker}
+    if run.use_gpu:
+        resources["GPU"] = getattr(run, "gpus_per_worker", 1)
+    return TorchTrainer(
+        loop,
+        train_loop_config=loop_config,
+        scaling_config=ray.train.ScalingConfig(
+            num_workers=run.num_workers, use_gpu=run.use_gpu, resources_per_worker=resources
+        ),
+        torch_config=NodeBoundTorchConfig(backend="nccl" if run.use_gpu else "gloo"),
+        run_config=ray.train.RunConfig(
+            name=run.name,
+            storage_path=storage_path,
+            storage_filesystem=filesystem,
+            checkpoint_config=ray.train.CheckpointConfig(num_to_keep=num_to_keep),
+            failure_config=ray.train.FailureConfig(max_failures=run.max_failures),
+            logging_config=train_logging_config(),
+        ),
+    )

@@ -84,7 +84,7 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
 
     from clipsr.config_loader import from_dict
     from clipsr.initial_weights import initial_clip, load_initial_weights
-    from clipsr.shard_dataset import TrainingBatchStream, iter_eval_batches
+    from clipsr.shard_dataset import iter_eval_batches, training_loader
     from clipsr.train_state import load_training_checkpoint
     from clipsr.training import (
         EMA,
@@ -145,23 +145,15 @@ def train_loop_per_worker(config: dict[str, Any]) -> None:
         log.info("resumed from the checkpoint at step %d", step)
 
     opener = functools.partial(_open, endpoint=cfg.data.endpoint_url)
-    stream = TrainingBatchStream(
+    loader = training_loader(
         config["train_urls"],
         cfg.scales,
-        cfg.data.batch_size,
+        cfg.data,
         cfg.seed,
         rank=rank,
         world_size=world,
         start_batch=step,
-        shuffle_buffer=cfg.data.shuffle_buffer,
-        hflip=cfg.data.hflip,
         opener=opener,
-    )
-    loader = torch.utils.data.DataLoader(
-        stream,
-        batch_size=None,
-        num_workers=cfg.data.loader_workers,
-        persistent_workers=cfg.data.loader_workers > 0,
     )
     tracker = _rank0_tracker(config) if rank == 0 else None
     if step >= cfg.run.steps:  # a rerun of a finished run: nothing to train, report once
