@@ -184,6 +184,8 @@ def test_jobs_refuse_local_paths_before_any_work(two_nodes, tmp_path):
     shards = tmp_path / "shards-in"  # a real (tiny) dataset manifest: the job reads it first
     shards.mkdir()
     (shards / "manifest.json").write_text(json.dumps(MANIFEST))
+    for entry in MANIFEST["shards"]:  # the driver checks that the shard files exist
+        (shards / entry["tar"]).write_bytes(b"")
     train = subprocess.run(
         [sys.executable, "-m", "jobs.train", str(TRAIN_CFG), f"data.shards={shards}",
          f"run.storage_path={tmp_path / 'runs'}", "run.shared_filesystem=false"],
